@@ -1,0 +1,10 @@
+"""Kedro project settings."""
+
+from kedro.config import OmegaConfigLoader
+
+from emotion_circuits.hooks import ModelAvailabilityHooks
+
+HOOKS = (ModelAvailabilityHooks(),)
+
+CONFIG_LOADER_CLASS = OmegaConfigLoader
+CONFIG_LOADER_ARGS = {"base_env": "base", "default_run_env": "local"}
