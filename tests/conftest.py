@@ -1,0 +1,66 @@
+"""Shared fixtures: locally built tokenizers and tiny models, and the real embedded models."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ.setdefault("KEDRO_DISABLE_TELEMETRY", "1")
+os.environ["HF_HUB_OFFLINE"] = "1"  # tests never call the hub
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+_CORPUS = [
+    "Thank you so much for the flowers!", "I am absolutely livid about the delay.",
+    "We apologise for the inconvenience.", "The bus stopped at the corner before the library.",
+    "Many thanks to the nurses on ward seven.", "She was furious with the landlord.",
+] * 3
+
+
+@pytest.fixture(scope="session")
+def gpt2_style_tokenizer():
+    """A byte-level BPE (GPT-2 style, leading-space tokens) trained here on a few sentences."""
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(_CORPUS, vocab_size=300, min_frequency=1, show_progress=False)
+    return PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer, bos_token="<|endoftext|>",
+                                   eos_token="<|endoftext|>", pad_token="<|endoftext|>")
+
+
+def tiny_model(architecture: str, tokenizer, n_layers: int = 2):
+    """A randomly initialised 2-layer causal LM wrapped as a `LoadedModel` (plumbing tests)."""
+    from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig
+
+    from emotion_circuits.models import LoadedModel
+
+    torch.manual_seed(0)
+    vocab = len(tokenizer)
+    if architecture == "gpt2":
+        config = GPT2Config(vocab_size=vocab, n_embd=32, n_layer=n_layers, n_head=4, n_positions=128)
+    else:
+        config = LlamaConfig(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=n_layers,
+                             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128)
+    model = AutoModelForCausalLM.from_config(config).eval()
+    return LoadedModel(alias=f"tiny-{architecture}", hf_model=model, tokenizer=tokenizer,
+                       n_layers=n_layers, d_model=32, device=torch.device("cpu"), dtype=torch.float32)
+
+
+_LOADED: dict = {}
+
+
+@pytest.fixture(scope="session")
+def load_real():
+    """Loads an embedded model once per test session (first load dequantises and caches)."""
+    from emotion_circuits.models import load_model
+
+    def _load(alias: str):
+        if alias not in _LOADED:
+            _LOADED[alias] = load_model(alias, device="cpu", dtype="float32")
+        return _LOADED[alias]
+
+    return _load

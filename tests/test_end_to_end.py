@@ -1,0 +1,57 @@
+"""A real `kedro run` through KedroSession, on the embedded SmolLM2, into a temporary project copy."""
+
+import pickle
+import shutil
+
+import pytest
+from kedro.framework.session import KedroSession
+from kedro.framework.startup import bootstrap_project
+
+from emotion_circuits.models import ModelNotAvailableError
+from tests.conftest import PROJECT_ROOT
+
+
+@pytest.fixture
+def project_copy(tmp_path):
+    """conf, pyproject and the raw data in a temporary root, so runs never touch ./data."""
+    shutil.copytree(PROJECT_ROOT / "conf", tmp_path / "conf", ignore=shutil.ignore_patterns("credentials*"))
+    shutil.copy(PROJECT_ROOT / "pyproject.toml", tmp_path)
+    shutil.copytree(PROJECT_ROOT / "data/01_raw", tmp_path / "data/01_raw")
+    (tmp_path / "src").mkdir()  # bootstrap_project wants a source dir; the package is installed
+    bootstrap_project(tmp_path)
+    return tmp_path
+
+
+def _run(project, pipelines, **runtime_params):
+    with KedroSession.create(project_path=project, runtime_params=runtime_params) as session:
+        return session.run(pipeline_names=pipelines)
+
+
+@pytest.mark.slow
+def test_kedro_run_writes_versioned_prompts_and_activations(project_copy):
+    _run(project_copy, ["data_engineering", "activations"], device="cpu",
+         activations={"max_prompts_per_emotion": 2})
+    for alias, shape in [("smollm2-135m", (8, 31, 576)), ("gemma3-270m", (8, 19, 640))]:
+        versions = list((project_copy / f"data/03_primary/activations/{alias}.pkl").iterdir())
+        assert len(versions) == 1
+        with open(versions[0] / f"{alias}.pkl", "rb") as handle:
+            activations = pickle.load(handle)
+        assert activations["model"] == alias
+        assert activations["resid"]["trigger"].shape == activations["resid"]["sentence_end"].shape == shape
+        assert activations["emotions"][:2] == ["gratitude", "gratitude"]
+        assert set(activations["splits"]) == {"baseline"}
+    for name in ["02_intermediate/emotion_prompts.csv", "02_intermediate/real_world_prompts.csv",
+                 "08_reporting/prompt_summary.csv", "08_reporting/prompt_lengths.png"]:
+        assert len(list((project_copy / "data" / name).iterdir())) == 1, name
+
+
+def test_unavailable_model_stops_before_any_output(project_copy):
+    with pytest.raises(ModelNotAvailableError, match="'pythia-160m'.*not available offline"):
+        _run(project_copy, ["data_engineering", "activations"], model_b="pythia-160m")
+    assert not (project_copy / "data/02_intermediate").exists()
+
+
+def test_same_model_twice_is_refused_before_any_output(project_copy):
+    with pytest.raises(ValueError, match="model_a and model_b are both 'smollm2-135m'"):
+        _run(project_copy, ["data_engineering", "activations"], model_b="smollm2-135m")
+    assert not (project_copy / "data/02_intermediate").exists()
