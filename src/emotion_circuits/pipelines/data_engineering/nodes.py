@@ -5,15 +5,12 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from scipy import stats
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from scipy import stats  # noqa: E402
-
-from emotion_circuits.validation import (  # noqa: E402
+from emotion_circuits.validation import (
     balance_problems,
     missing_columns,
     raise_if_problems,

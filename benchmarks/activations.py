@@ -1,0 +1,123 @@
+"""Throughput of the project's activation extraction against a plain Hugging Face forward pass.
+
+"Plain HF forward" is ``model(**batch)`` with logits, what one would write by hand; "hidden states"
+is the base model with ``output_hidden_states`` and no unembedding, the cheapest HF way to the
+same residuals. All run in this one process on the same prompts, device, dtype and batch size, so the ratio
+compares across noisy machines. Tokens/s counts real (non-padding) tokens.
+
+    python benchmarks/activations.py                      # smollm2-135m, best device
+    python benchmarks/activations.py --model gemma3-270m --n-prompts 2048 --batch-size 256
+    python benchmarks/activations.py --with-bridge        # also TransformerLens run_with_cache
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from emotion_circuits.models import load_model
+from emotion_circuits.models.extraction import extract_residuals, resid_hook_names
+from emotion_circuits.models.positions import find_span, tokenize_with_positions
+
+PROMPTS = Path(__file__).resolve().parents[1] / "data/01_raw/emotion_prompts.csv"
+
+
+def main() -> None:
+    args = _parse_args()
+    model = load_model(args.model, device=args.device, dtype=args.dtype)
+    prompts = pd.read_csv(PROMPTS, keep_default_na=False)
+    prompts = pd.concat([prompts] * (args.n_prompts // len(prompts) + 1)).head(args.n_prompts)
+    texts, triggers = prompts.text.tolist(), prompts.trigger.tolist()
+    n_tokens = sum(len(ids) for ids in model.tokenizer(texts).input_ids)
+
+    def project() -> None:
+        spans = [find_span(t, g) for t, g in zip(texts, triggers)]
+        tokenized = tokenize_with_positions(model.tokenizer, texts, spans)
+        extract_residuals(model, tokenized, {"trigger": tokenized.span_end_positions,
+                                             "sentence_end": tokenized.sentence_end_positions},
+                          batch_size=args.batch_size)
+
+    def plain_hf() -> None:
+        with torch.inference_mode():
+            for i in range(0, len(texts), args.batch_size):
+                enc = model.tokenizer(texts[i:i + args.batch_size], return_tensors="pt", padding=True)
+                model.hf_model(**enc.to(model.device)).logits.float().cpu()
+
+    def plain_hf_hidden_states() -> None:
+        with torch.inference_mode():
+            for i in range(0, len(texts), args.batch_size):
+                enc = model.tokenizer(texts[i:i + args.batch_size], return_tensors="pt", padding=True)
+                out = model.hf_model.base_model(**enc.to(model.device), output_hidden_states=True)
+                torch.stack(out.hidden_states, dim=1)[:, :, -1].float().cpu()
+
+    contenders = {"plain HF forward": plain_hf, "plain HF base model, hidden states": plain_hf_hidden_states,
+                  "emotion_circuits extraction": project}
+    times = _interleaved_times(contenders, args.repeats, model.device)
+    if args.with_bridge:  # booting wraps the HF modules, so it is timed last
+        times["TransformerLens run_with_cache (resid_post)"] = _bridge_times(model, texts, args)
+    print(f"model={model.alias} device={model.device} dtype={model.dtype} prompts={len(texts)} "
+          f"tokens={n_tokens} batch_size={args.batch_size} repeats={args.repeats} torch={torch.__version__}")
+    for name, seconds in times.items():
+        print(f"{name:45s} {n_tokens / seconds:12.0f} tok/s  (median {seconds:.3f} s)")
+    ratio = times["plain HF forward"] / times["emotion_circuits extraction"]
+    strict = times["plain HF base model, hidden states"] / times["emotion_circuits extraction"]
+    print(f"ratio extraction / plain HF forward: {ratio:.2f}  (target >= 0.8)")
+    print(f"ratio extraction / plain HF hidden states without unembedding: {strict:.2f}")
+
+
+def _interleaved_times(contenders: dict, repeats: int, device: torch.device) -> dict[str, float]:
+    for run in contenders.values():  # warm-up: allocator, kernels, tokenizer caches
+        run()
+    samples: dict[str, list[float]] = {name: [] for name in contenders}
+    for _ in range(repeats):
+        for name, run in contenders.items():
+            _sync(device)
+            started = time.perf_counter()
+            run()
+            _sync(device)
+            samples[name].append(time.perf_counter() - started)
+    return {name: statistics.median(values) for name, values in samples.items()}
+
+
+def _bridge_times(model, texts: list[str], args) -> float:
+    bridge = model.bridge
+    names = set(resid_hook_names(model.n_layers)[1:])
+
+    def run() -> None:
+        with torch.inference_mode():
+            for i in range(0, len(texts), args.batch_size):
+                enc = model.tokenizer(texts[i:i + args.batch_size], return_tensors="pt", padding=True)
+                bridge.run_with_cache(enc.input_ids.to(model.device), attention_mask=enc.attention_mask.to(model.device),
+                                      names_filter=lambda n: n in names)
+
+    return _interleaved_times({"bridge": run}, args.repeats, model.device)["bridge"]
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--dtype", default="auto")
+    parser.add_argument("--n-prompts", type=int, default=None, help="default: 2048 on GPU, 256 on CPU")
+    parser.add_argument("--batch-size", type=int, default=None, help="default: 256 on GPU, 32 on CPU")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--with-bridge", action="store_true")
+    args = parser.parse_args()
+    on_gpu = torch.cuda.is_available() and args.device in ("auto", "cuda")
+    args.n_prompts = args.n_prompts or (2048 if on_gpu else 256)
+    args.batch_size = args.batch_size or (256 if on_gpu else 32)
+    return args
+
+
+if __name__ == "__main__":
+    main()
