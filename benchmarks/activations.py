@@ -40,13 +40,13 @@ def main() -> None:
         tokenized = tokenize_with_positions(model.tokenizer, texts, spans)
         extract_residuals(model, tokenized, {"trigger": tokenized.span_end_positions,
                                              "sentence_end": tokenized.sentence_end_positions},
-                          batch_size=args.batch_size)
+                          batch_size=args.batch_size, show_progress=False)
 
     def plain_hf() -> None:
         with torch.inference_mode():
             for i in range(0, len(texts), args.batch_size):
                 enc = model.tokenizer(texts[i:i + args.batch_size], return_tensors="pt", padding=True)
-                model.hf_model(**enc.to(model.device)).logits.float().cpu()
+                model.hf_model(**enc.to(model.device), logits_to_keep=0)  # logits stay on the device
 
     def plain_hf_hidden_states() -> None:
         with torch.inference_mode():
@@ -54,6 +54,9 @@ def main() -> None:
                 enc = model.tokenizer(texts[i:i + args.batch_size], return_tensors="pt", padding=True)
                 out = model.hf_model.base_model(**enc.to(model.device), output_hidden_states=True)
                 torch.stack(out.hidden_states, dim=1)[:, :, -1].float().cpu()
+
+    if args.check:
+        print(f"max |extraction - HF hidden states| / max|HF| on {model.device}: {_check(model, texts, triggers):.2e}")
 
     contenders = {"plain HF forward": plain_hf, "plain HF base model, hidden states": plain_hf_hidden_states,
                   "emotion_circuits extraction": project}
@@ -84,6 +87,21 @@ def _interleaved_times(contenders: dict, repeats: int, device: torch.device) -> 
     return {name: statistics.median(values) for name, values in samples.items()}
 
 
+def _check(model, texts: list[str], triggers: list[str], n: int = 16) -> float:
+    """Largest relative difference to HF's own hidden states, one prompt at a time (blocks 0..L-1)."""
+    spans = [find_span(t, g) for t, g in zip(texts[:n], triggers[:n])]
+    tokenized = tokenize_with_positions(model.tokenizer, texts[:n], spans)
+    stored = extract_residuals(model, tokenized, {"trigger": tokenized.span_end_positions}, batch_size=8,
+                                show_progress=False)
+    worst = 0.0
+    with torch.inference_mode():
+        for i, ids in enumerate(tokenized.input_ids):
+            hidden = model.hf_model(torch.tensor([ids], device=model.device), output_hidden_states=True).hidden_states
+            ref = torch.stack(hidden[:-1])[:, 0, tokenized.span_end_positions[i]].float().cpu().numpy()
+            worst = max(worst, float(abs(stored["resid"]["trigger"][i, :-1] - ref).max() / abs(ref).max()))
+    return worst
+
+
 def _bridge_times(model, texts: list[str], args) -> float:
     bridge = model.bridge
     names = set(resid_hook_names(model.n_layers)[1:])
@@ -112,6 +130,7 @@ def _parse_args() -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=None, help="default: 256 on GPU, 32 on CPU")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--with-bridge", action="store_true")
+    parser.add_argument("--check", action="store_true", help="first compare stored values with HF's")
     args = parser.parse_args()
     on_gpu = torch.cuda.is_available() and args.device in ("auto", "cuda")
     args.n_prompts = args.n_prompts or (2048 if on_gpu else 256)

@@ -1,10 +1,10 @@
 """Batched residual-stream extraction at chosen token positions.
 
-Runs the HF base model (no unembedding) once per batch with ``output_hidden_states``, which gives
-the embedding output and every block's output for free. HF applies the final norm to the last
-entry, so one forward hook on the last block supplies its raw output instead. Positions follow
-TransformerLens hook names: index 0 is ``blocks.0.hook_resid_pre``, index l is
-``blocks.{l-1}.hook_resid_post``.
+Runs the HF base model (never the unembedding) once per batch with forward hooks on the
+transformer blocks that keep only the chosen token positions, so full ``[batch, seq, d_model]``
+hidden states are never stored, and stops the forward pass after the last block (its raw output,
+before the final norm, is what the contract wants). Positions follow TransformerLens hook names:
+index 0 is ``blocks.0.hook_resid_pre``, index l is ``blocks.{l-1}.hook_resid_post``.
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ def extract_residuals(
     positions: Mapping[str, np.ndarray],
     batch_size: int = 32,
     include_mlp_out: bool = False,
+    show_progress: bool = True,
 ) -> dict[str, dict[str, np.ndarray]]:
     """Reads the residual stream (and optionally MLP outputs) at given token positions.
 
@@ -48,6 +49,7 @@ def extract_residuals(
         positions: position kind -> ``[n_prompts]`` token index into each prompt's ids.
         batch_size: prompts per forward pass (sorted by length to keep padding small).
         include_mlp_out: also return each block's MLP contribution to the residual stream.
+        show_progress: show a progress bar over batches.
 
     Returns:
         ``{"resid": {kind: float32 [n_prompts, n_layers + 1, d_model]}}`` and, when asked,
@@ -61,61 +63,68 @@ def extract_residuals(
     for kind, pos in positions.items():
         if len(pos) != n_prompts:
             raise ValueError(f"positions[{kind!r}] has {len(pos)} entries for {n_prompts} prompts")
-    resid = {k: np.empty((n_prompts, model.n_layers + 1, model.d_model), np.float32) for k in positions}
-    mlp = {k: np.empty((n_prompts, model.n_layers, model.d_model), np.float32) for k in positions}
+    kinds = list(positions)
     order = np.argsort([-len(ids) for ids in tokenized.input_ids], kind="stable")
     batches = [order[i:i + batch_size] for i in range(0, n_prompts, batch_size)]
-    with torch.inference_mode(), _Recorder(model, include_mlp_out) as recorder:
-        for rows in tqdm(batches, desc=f"extract {model.alias}", unit="batch", leave=False):
+    pending = []
+    with torch.inference_mode(), _PositionRecorder(model, include_mlp_out) as recorder:
+        for rows in tqdm(batches, desc=f"extract {model.alias}", unit="batch", leave=False,
+                         disable=not show_progress):
             input_ids, mask = _pad_right([tokenized.input_ids[r] for r in rows], model)
-            out = model.hf_model.base_model(input_ids=input_ids, attention_mask=mask,
-                                            output_hidden_states=True, use_cache=False)
-            layers = list(out.hidden_states[:-1]) + [recorder.last_block_output]
-            for kind, pos in positions.items():
-                resid[kind][rows] = _gather(layers, pos[rows])
-                if include_mlp_out:
-                    mlp[kind][rows] = _gather(recorder.mlp_outputs, pos[rows])
-            recorder.clear()
-    result = {"resid": resid}
-    if include_mlp_out:
-        result["mlp_out"] = mlp
+            recorder.select(np.concatenate([positions[k][rows] for k in kinds]))
+            with contextlib.suppress(_StopForward):
+                model.hf_model.base_model(input_ids=input_ids, attention_mask=mask, use_cache=False)
+            # copied to the host without waiting, so the next batch is queued behind it
+            pending.append((rows, {name: t.to("cpu", non_blocking=True) for name, t in recorder.collect().items()}))
+    if model.device.type == "cuda":
+        torch.cuda.synchronize(model.device)
+    return _assemble(pending, kinds, n_prompts)
+
+
+def _assemble(pending: list, kinds: list[str], n_prompts: int) -> dict[str, dict[str, np.ndarray]]:
+    """Puts per-batch ``[n_kinds * batch, n_positions, d]`` tensors back in input order, per kind."""
+    result = {}
+    for name in pending[0][1]:
+        width = pending[0][1][name].shape[1:]
+        arrays = {k: np.empty((n_prompts, *width), np.float32) for k in kinds}
+        for rows, tensors in pending:
+            picked = tensors[name].float().numpy()
+            for i, kind in enumerate(kinds):
+                arrays[kind][rows] = picked[i * len(rows):(i + 1) * len(rows)]
+        result[name] = arrays
     return result
 
 
 def _pad_right(sequences: list[list[int]], model: LoadedModel) -> tuple[torch.Tensor, torch.Tensor]:
     # right padding keeps every real token at its own position; causal attention never sees pads
-    width = max(len(s) for s in sequences)
-    pad_id = model.tokenizer.pad_token_id or 0
-    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(sequences), width), dtype=torch.long)
-    for i, seq in enumerate(sequences):
-        ids[i, : len(seq)] = torch.tensor(seq)
-        mask[i, : len(seq)] = 1
-    return ids.to(model.device), mask.to(model.device)
+    lengths = np.array([len(s) for s in sequences])
+    mask = np.arange(lengths.max()) < lengths[:, None]
+    ids = np.full(mask.shape, model.tokenizer.pad_token_id or 0, dtype=np.int64)
+    ids[mask] = np.concatenate(sequences)
+    return (torch.from_numpy(ids).to(model.device, non_blocking=True),
+            torch.from_numpy(mask.astype(np.int64)).to(model.device, non_blocking=True))
 
 
-def _gather(layer_outputs: list[torch.Tensor], token_positions: np.ndarray) -> np.ndarray:
-    """Stacks ``[batch, seq, d]`` tensors at one position per row into ``[batch, n_layers, d]``."""
-    rows = torch.arange(len(token_positions), device=layer_outputs[0].device)
-    cols = torch.as_tensor(token_positions, device=layer_outputs[0].device)
-    picked = torch.stack([h[rows, cols] for h in layer_outputs], dim=1)
-    return picked.float().cpu().numpy()
+class _StopForward(Exception):
+    """Raised after the last block: the final norm and anything after it are not needed."""
 
 
-class _Recorder(contextlib.AbstractContextManager):
-    """Forward hooks that keep the last block's raw output and, optionally, MLP outputs."""
+class _PositionRecorder(contextlib.AbstractContextManager):
+    """Forward hooks that keep the selected token positions of each block's input and output."""
 
     def __init__(self, model: LoadedModel, include_mlp_out: bool):
         self._layers = model.decoder_layers
         self._include_mlp_out = include_mlp_out
         self._handles: list = []
-        self.last_block_output: torch.Tensor | None = None
-        self.mlp_outputs: list[torch.Tensor] = []
+        self._cols: torch.Tensor | None = None
+        self._resid: list[torch.Tensor] = []
+        self._mlp: list[torch.Tensor] = []
 
     def __enter__(self):
-        self._handles.append(self._layers[-1].register_forward_hook(self._keep_last))
-        if self._include_mlp_out:
-            for layer in self._layers:
+        self._handles.append(self._layers[0].register_forward_pre_hook(self._keep_input, with_kwargs=True))
+        for index, layer in enumerate(self._layers):
+            self._handles.append(layer.register_forward_hook(self._keep_output(last=index == len(self._layers) - 1)))
+            if self._include_mlp_out:
                 self._handles.append(_mlp_output_module(layer).register_forward_hook(self._keep_mlp))
         return self
 
@@ -124,14 +133,37 @@ class _Recorder(contextlib.AbstractContextManager):
             handle.remove()
         return False
 
-    def clear(self) -> None:
-        self.last_block_output, self.mlp_outputs = None, []
+    def select(self, token_positions: np.ndarray) -> None:
+        """Positions for the next batch: all kinds stacked, ``[n_kinds * batch]``."""
+        device = next(self._layers[0].parameters()).device
+        self._cols = torch.as_tensor(token_positions, device=device)
+        self._resid, self._mlp = [], []
 
-    def _keep_last(self, _module, _inputs, output):
-        self.last_block_output = output[0] if isinstance(output, tuple) else output
+    def collect(self) -> dict[str, torch.Tensor]:
+        """``resid``: ``[n_kinds * batch, n_layers + 1, d]``; ``mlp_out``: ``[..., n_layers, d]``."""
+        out = {"resid": torch.stack(self._resid, dim=1)}
+        if self._include_mlp_out:
+            out["mlp_out"] = torch.stack(self._mlp, dim=1)
+        return out
+
+    def _pick(self, hidden: torch.Tensor) -> torch.Tensor:
+        batch = hidden.shape[0]
+        # row i of kind k sits at k * batch + i, matching the stacked positions from `select`
+        rows = torch.arange(batch, device=hidden.device).repeat(len(self._cols) // batch)
+        return hidden[rows, self._cols.to(hidden.device)]
+
+    def _keep_input(self, _module, args, kwargs):
+        self._resid.append(self._pick(args[0] if args else kwargs["hidden_states"]))
+
+    def _keep_output(self, last: bool):
+        def hook(_module, _inputs, output):
+            self._resid.append(self._pick(output[0] if isinstance(output, tuple) else output))
+            if last:
+                raise _StopForward
+        return hook
 
     def _keep_mlp(self, _module, _inputs, output):
-        self.mlp_outputs.append(output[0] if isinstance(output, tuple) else output)
+        self._mlp.append(self._pick(output[0] if isinstance(output, tuple) else output))
 
 
 def _mlp_output_module(layer: torch.nn.Module) -> torch.nn.Module:

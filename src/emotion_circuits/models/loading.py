@@ -147,13 +147,27 @@ def _load_pretrained(model_dir: str, spec: ModelSpec, device: torch.device, dtyp
     if device_map is None:
         hf_model = hf_model.to(device)
     hf_model.eval()
-    if spec.architecture and not hf_model.config.architectures:
-        hf_model.config.architectures = [spec.architecture]
+    _set_architecture(hf_model.config, spec)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
-    if spec.force_bos:
+    if _needs_bos(hf_model.config, spec):
         _ensure_bos(tokenizer)
     return hf_model, tokenizer
+
+
+def _set_architecture(config, spec: ModelSpec) -> None:
+    """GGUF-built configs leave ``architectures`` empty; TransformerLens needs it."""
+    if config.architectures:
+        return
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    guess = spec.architecture or MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.get(config.model_type)
+    config.architectures = [guess] if guess else None
+
+
+def _needs_bos(config, spec: ModelSpec) -> bool:
+    # Gemma is trained with <bos> first and degenerates without it, whatever the tokenizer says
+    return spec.force_bos or str(config.model_type).startswith("gemma")
 
 
 def _ensure_bos(tokenizer) -> None:
@@ -194,9 +208,8 @@ def _dequantised_gguf_dir(gguf_path: Path, spec: ModelSpec) -> str:
     tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
     model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name,
                                                  dtype=torch.float32)
-    if spec.architecture:
-        model.config.architectures = [spec.architecture]
-    if spec.force_bos:
+    _set_architecture(model.config, spec)
+    if _needs_bos(model.config, spec):
         _ensure_bos(tokenizer)
     # the weights are already dequantised to fp32; drop the GGUF marker so they can be saved
     model.hf_quantizer = None

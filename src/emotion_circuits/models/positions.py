@@ -44,8 +44,11 @@ def tokenize_with_positions(
 ) -> TokenizedPrompts:
     """Tokenises ``texts`` and finds, per text, the last token of its span and of the text.
 
+    Uses the fast tokenizer's character-to-token map (its offsets), so leading-space tokens,
+    words split into pieces and an added BOS are all handled the same way.
+
     Args:
-        tokenizer: a fast HF tokenizer (it must return offset mappings).
+        tokenizer: a fast HF tokenizer.
         texts: the prompts, ``n_prompts`` of them.
         spans: character span ``(start, end)`` in each text, e.g. of the trigger word.
         labels: names for error messages (prompt ids); defaults to row numbers.
@@ -54,24 +57,29 @@ def tokenize_with_positions(
         Token ids and positions; positions index into the ids with special tokens (BOS) included.
 
     Raises:
-        ValueError: mismatched lengths, an empty text, or a span no token overlaps.
+        ValueError: mismatched lengths, an empty text, or a span no token covers.
     """
     if len(texts) != len(spans):
         raise ValueError(f"{len(texts)} texts but {len(spans)} spans")
     if not getattr(tokenizer, "is_fast", False):
-        raise ValueError("Position finding needs a fast tokenizer (offset mappings).")
+        raise ValueError("Position finding needs a fast tokenizer (character offsets).")
     labels = list(labels) if labels is not None else [f"row {i}" for i in range(len(texts))]
-    encoded = tokenizer(list(texts), return_offsets_mapping=True, return_special_tokens_mask=True)
+    encoded = tokenizer(list(texts))
     span_end, sentence_end = [], []
-    for i, (start, end) in enumerate(spans):
-        offsets = np.asarray(encoded["offset_mapping"][i]).reshape(-1, 2)
-        real = ~np.asarray(encoded["special_tokens_mask"][i], dtype=bool)
-        if not real.any():
-            raise ValueError(f"Prompt {labels[i]} has no tokens: {texts[i]!r}")
-        # overlap, not containment: BPE offsets may or may not include the leading space
-        overlaps = real & (offsets[:, 0] < end) & (offsets[:, 1] > start)
-        if not overlaps.any():
-            raise ValueError(f"Prompt {labels[i]}: no token covers characters {start}:{end} of {texts[i]!r}")
-        span_end.append(int(np.flatnonzero(overlaps)[-1]))
-        sentence_end.append(int(np.flatnonzero(real)[-1]))
+    for i, (text, (start, end)) in enumerate(zip(texts, spans)):
+        last_char = _last_visible_char(text, start, end)
+        token = encoded.char_to_token(i, last_char) if last_char is not None else None
+        if token is None:
+            raise ValueError(f"Prompt {labels[i]}: no token covers characters {start}:{end} of {text!r}")
+        span_end.append(token)
+        text_end = _last_visible_char(text, 0, len(text))
+        if text_end is None:
+            raise ValueError(f"Prompt {labels[i]} has no tokens: {text!r}")
+        sentence_end.append(encoded.char_to_token(i, text_end))
     return TokenizedPrompts(list(encoded["input_ids"]), np.array(span_end), np.array(sentence_end))
+
+
+def _last_visible_char(text: str, start: int, end: int) -> int | None:
+    """Index of the last non-whitespace character in ``text[start:end]`` (whitespace maps to no token)."""
+    stripped = text[start:min(end, len(text))].rstrip()
+    return start + len(stripped) - 1 if stripped and start >= 0 else None
