@@ -55,3 +55,8 @@ def test_same_model_twice_is_refused_before_any_output(project_copy):
     with pytest.raises(ValueError, match="model_a and model_b are both 'smollm2-135m'"):
         _run(project_copy, ["data_engineering", "activations"], model_b="smollm2-135m")
     assert not (project_copy / "data/02_intermediate").exists()
+
+
+def test_alignment_without_activations_says_which_command_makes_them(project_copy):
+    with pytest.raises(FileNotFoundError, match=r"activations_a.*kedro run --pipelines=activations --params model_b=gpt2"):
+        _run(project_copy, ["alignment"], model_b="gpt2")
