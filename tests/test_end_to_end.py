@@ -3,6 +3,8 @@
 import pickle
 import shutil
 
+import numpy as np
+
 import pytest
 from kedro.framework.session import KedroSession
 from kedro.framework.startup import bootstrap_project
@@ -60,3 +62,40 @@ def test_same_model_twice_is_refused_before_any_output(project_copy):
 def test_alignment_without_activations_says_which_command_makes_them(project_copy):
     with pytest.raises(FileNotFoundError, match=r"activations_a.*kedro run --pipelines=activations --params model_b=gpt2"):
         _run(project_copy, ["alignment"], model_b="gpt2")
+
+
+@pytest.mark.slow
+def test_semantic_phase_run_and_independent_tanh_refit(project_copy):
+    import pandas as pd
+    from scipy.optimize import curve_fit
+
+    _run(project_copy, ["semantic_phase"], device="cpu", semantic_phase={"words": ["bank"]})
+    out = project_copy / "data"
+
+    def latest(pattern):
+        return sorted(out.glob(pattern))[-1]
+
+    order = pd.read_csv(latest("04_feature/semantic_phase/*/order_parameters.csv/*/order_parameters.csv"))
+    fits = pd.read_csv(latest("07_model_output/semantic_phase/*/phase_fits.csv/*/phase_fits.csv"))
+    criteria = pd.read_csv(latest("08_reporting/semantic_phase/*/phase_criteria.csv/*/phase_criteria.csv"))
+    assert set(order.model) == {"smollm2-135m", "gemma3-270m"} and set(order.word) == {"bank"}
+    assert len(criteria) == 2 * 6 + 2 and criteria.measured.notna().sum() >= 12
+    # refit a few stored curves with plain scipy: the tanh l_c must agree within half a layer
+    checked = 0
+    for row in fits[fits.tanh_converged & (fits.tanh_r2 > 0.9)].head(6).itertuples():
+        curve = order[(order.model == row.model) & (order.id == row.id)].sort_values("layer")
+        x, y = curve.layer.to_numpy(float), curve.sigma.to_numpy()
+        best = None
+        for start in np.linspace(1, x.max() - 1, 12):
+            try:
+                p, _ = curve_fit(lambda x, a, l, k, c: c + a * np.tanh(k * (x - l)), x, y,
+                                 p0=[np.ptp(y) / 2 or 0.1, start, 0.5, y.mean()],
+                                 bounds=([-np.inf, 0, 1e-3, -np.inf], [np.inf, x.max(), 50, np.inf]), maxfev=20000)
+            except RuntimeError:
+                continue
+            rss = np.sum((p[3] + p[0] * np.tanh(p[2] * (x - p[1])) - y) ** 2)
+            if best is None or rss < best[0]:
+                best = (rss, p[1])
+        assert abs(best[1] - row.tanh_l_c) < 0.5, (row.id, best[1], row.tanh_l_c)
+        checked += 1
+    assert checked >= 3

@@ -29,7 +29,8 @@ class ModelAvailabilityHooks:
             logger.info("Model %s (%s) is available", name, dataset.alias)
         _check_inputs_exist(pipeline, catalog, run_params.get("runtime_params") or {})
         outputs = pipeline.all_outputs()
-        if {"activations_a", "activations_b"} <= outputs and {"model_a", "model_b"} <= models.keys():
+        per_alias = any({f"{name}_a", f"{name}_b"} <= outputs for name in ("activations", "semantic_activations"))
+        if per_alias and {"model_a", "model_b"} <= models.keys():
             if models["model_a"].alias == models["model_b"].alias:
                 raise ValueError(
                     f"Parameters model_a and model_b are both '{models['model_a'].alias}'. Each model's "
