@@ -7,4 +7,9 @@ from emotion_circuits.hooks import ModelAvailabilityHooks
 HOOKS = (ModelAvailabilityHooks(),)
 
 CONFIG_LOADER_CLASS = OmegaConfigLoader
-CONFIG_LOADER_ARGS = {"base_env": "base", "default_run_env": "local"}
+CONFIG_LOADER_ARGS = {
+    "base_env": "base",
+    "default_run_env": "local",
+    # an environment such as conf/gpu overrides single parameters, not whole groups
+    "merge_strategy": {"parameters": "soft"},
+}
