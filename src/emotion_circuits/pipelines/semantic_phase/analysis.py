@@ -51,7 +51,7 @@ def compute_susceptibility(order_parameters: pd.DataFrame, phase_fits: pd.DataFr
     Returns:
         One row per (model, hint prompt, layer): chi, plus peak_layer, l_c, peak_minus_l_c.
     """
-    sigma = order_parameters.set_index(["model", "id", "layer"]).sigma
+    sigma = order_parameters.set_index(["model", "id", "layer"]).sigma.sort_index()
     l_c = phase_fits[phase_fits.tanh_converged].groupby(["model", "word"]).tanh_l_c.median()
     hints = order_parameters[order_parameters.kind == "hint"]
     tables = []
