@@ -25,12 +25,12 @@ logger = logging.getLogger(__name__)
 
 def resid_hook_names(n_layers: int) -> list[str]:
     """TransformerLens names of the ``n_layers + 1`` residual-stream positions we store."""
-    return ["blocks.0.hook_resid_pre"] + [f"blocks.{l}.hook_resid_post" for l in range(n_layers)]
+    return ["blocks.0.hook_resid_pre"] + [f"blocks.{layer}.hook_resid_post" for layer in range(n_layers)]
 
 
 def mlp_hook_names(n_layers: int) -> list[str]:
     """TransformerLens names of the per-block MLP outputs."""
-    return [f"blocks.{l}.hook_mlp_out" for l in range(n_layers)]
+    return [f"blocks.{layer}.hook_mlp_out" for layer in range(n_layers)]
 
 
 def extract_residuals(

@@ -78,7 +78,8 @@ def compare_subspaces(linear_maps: dict, map_quality: pd.DataFrame, subspaces_a:
     For every map, emotion and k: ``overlap_after`` = overlap of A's k-subspace pushed through the
     map with B's; ``null_*`` = the same for ``n_null`` random k-subspaces of A pushed through the
     same map (an overlap the map produces by itself); ``shuffled_*`` = the same for subspaces
-    built from prompts with emotion/neutral labels shuffled (an overlap any prompt grouping gets).
+    built from random draws of emotional prompts of any emotion (an overlap any emotional
+    grouping gets; see `_shuffled_bases`).
 
     Returns:
         ``alignment_results``, one row per (layer pair, emotion, position, method, k).

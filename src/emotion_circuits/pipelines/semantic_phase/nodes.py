@@ -89,9 +89,13 @@ def compute_order_parameters(semantic_activations_a: dict, semantic_activations_
         Tidy table: model, word, id, kind, sense, h, step, base_id, layer, l_over_L, sigma, sigma_diff.
     """
     tables = []
+    semantic_prompts = semantic_prompts.reset_index(drop=True)
     for activations in (semantic_activations_a, semantic_activations_b):
+        if activations["ids"] != semantic_prompts.id.tolist():
+            raise ValueError(f"semantic_activations of {activations['model']} were extracted from other prompts than "
+                             "semantic_prompts; re-run `kedro run --pipelines=semantic_phase`")
         resid, n_layers = activations["resid"], activations["n_layers"]
-        for word, prompts in semantic_prompts.groupby("word", sort=False):
+        for _, prompts in semantic_prompts.groupby("word", sort=False):
             rows = prompts.index.to_numpy()
             clear = {s: resid[rows[(prompts.kind == "clear").to_numpy() & (prompts.sense == s).to_numpy()]] for s in "AB"}
             if not params["per_layer_directions"]:
