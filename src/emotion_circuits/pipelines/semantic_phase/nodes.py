@@ -13,7 +13,7 @@ from emotion_circuits.models.extraction import extract_residuals
 from emotion_circuits.models.logit_lens import first_token_ids, token_log_probs
 from emotion_circuits.models.positions import tokenize_with_positions
 from emotion_circuits.order_parameter import order_parameter, sense_directions
-from emotion_circuits.validation import PromptFileError
+from emotion_circuits.validation import raise_if_problems
 
 SIGN = {"A": 1.0, "B": -1.0, "none": 0.0}
 
@@ -50,8 +50,10 @@ def expand_stimuli(semantic_stimuli: dict, params: dict[str, Any]) -> pd.DataFra
     spans = [_whole_word_span(r.text, r.word) for r in prompts.itertuples()]
     problems = [f"word {r.word!r}, prompt {r.id}: the word must occur exactly once as a whole word in {r.text!r}"
                 for r, span in zip(prompts.itertuples(), spans) if span is None]
-    if problems:
-        raise PromptFileError(f"{params['stimuli_file']} has {len(problems)} problem(s):\n  " + "\n  ".join(problems[:25]))
+    token_counts = {(len(e["sense_tokens"]["A"]), len(e["sense_tokens"]["B"])) for e in words}
+    if len(token_counts) > 1:
+        problems.append(f"every word needs the same number of sense_tokens per sense; found {sorted(token_counts)}")
+    raise_if_problems(params["stimuli_file"], problems)
     return prompts.assign(target_start=[s[0] for s in spans], target_end=[s[1] for s in spans])
 
 
@@ -69,10 +71,10 @@ def extract_semantic_activations(model: LoadedModel, semantic_prompts: pd.DataFr
     resid = extract_residuals(model, tokenized, {"target": tokenized.span_end_positions},
                               params["batch_size"])["resid"]["target"]
     tokens = {e["word"]: e["sense_tokens"] for e in semantic_stimuli["words"]}
-    n_a = len(next(iter(tokens.values()))["A"])
+    ids_by_word = {w: first_token_ids(model, t["A"] + t["B"]) for w, t in tokens.items()}
+    n_a = len(next(iter(tokens.values()))["A"])  # expand_stimuli checked every word has as many
     # one pass through the unembedding for both senses: it is the costly part (262k-token vocab)
-    both = token_log_probs(model, resid, np.array([first_token_ids(model, tokens[w]["A"] + tokens[w]["B"])
-                                                   for w in semantic_prompts.word]))
+    both = token_log_probs(model, resid, np.array([ids_by_word[w] for w in semantic_prompts.word]))
     log_probs = {"A": both[..., :n_a], "B": both[..., n_a:]}
     return {"model": model.alias, "n_layers": model.n_layers, "ids": semantic_prompts.id.tolist(),
             "resid": resid, "sense_log_probs": log_probs}
