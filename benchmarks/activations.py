@@ -13,12 +13,12 @@ compares across noisy machines. Tokens/s counts real (non-padding) tokens.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 from pathlib import Path
 
 import pandas as pd
 import torch
+
+from _timing import interleaved_times
 
 from emotion_circuits.models import load_model
 from emotion_circuits.models.extraction import extract_residuals, resid_hook_names
@@ -60,7 +60,7 @@ def main() -> None:
 
     contenders = {"plain HF forward": plain_hf, "plain HF base model, hidden states": plain_hf_hidden_states,
                   "emotion_circuits extraction": project}
-    times = _interleaved_times(contenders, args.repeats, model.device)
+    times = interleaved_times(contenders, args.repeats, model.device)
     if args.with_bridge:  # booting wraps the HF modules, so it is timed last
         times["TransformerLens run_with_cache (resid_post)"] = _bridge_times(model, texts, args)
     print(f"model={model.alias} device={model.device} dtype={model.dtype} prompts={len(texts)} "
@@ -71,20 +71,6 @@ def main() -> None:
     strict = times["plain HF base model, hidden states"] / times["emotion_circuits extraction"]
     print(f"ratio extraction / plain HF forward: {ratio:.2f}  (target >= 0.8)")
     print(f"ratio extraction / plain HF hidden states without unembedding: {strict:.2f}")
-
-
-def _interleaved_times(contenders: dict, repeats: int, device: torch.device) -> dict[str, float]:
-    for run in contenders.values():  # warm-up: allocator, kernels, tokenizer caches
-        run()
-    samples: dict[str, list[float]] = {name: [] for name in contenders}
-    for _ in range(repeats):
-        for name, run in contenders.items():
-            _sync(device)
-            started = time.perf_counter()
-            run()
-            _sync(device)
-            samples[name].append(time.perf_counter() - started)
-    return {name: statistics.median(values) for name, values in samples.items()}
 
 
 def _check(model, texts: list[str], triggers: list[str], n: int = 16) -> float:
@@ -113,12 +99,7 @@ def _bridge_times(model, texts: list[str], args) -> float:
                 bridge.run_with_cache(enc.input_ids.to(model.device), attention_mask=enc.attention_mask.to(model.device),
                                       names_filter=lambda n: n in names)
 
-    return _interleaved_times({"bridge": run}, args.repeats, model.device)["bridge"]
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+    return interleaved_times({"bridge": run}, args.repeats, model.device)["bridge"]
 
 
 def _parse_args() -> argparse.Namespace:

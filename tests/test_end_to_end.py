@@ -99,3 +99,30 @@ def test_semantic_phase_run_and_independent_tanh_refit(project_copy):
         assert abs(best[1] - row.tanh_l_c) < 0.5, (row.id, best[1], row.tanh_l_c)
         checked += 1
     assert checked >= 3
+
+
+@pytest.mark.slow
+def test_patching_run_on_both_models_with_random_controls(project_copy):
+    import pandas as pd
+
+    _run(project_copy, ["data_engineering", "activations"], device="cpu", activations={"max_prompts_per_emotion": 6})
+    tiny = {"prompts": {"n_neutral": 1, "n_real_world": 1}, "n_random": 3, "layer_fractions": [0.5],
+            "alphas": [0, 0.5], "swap": {"n_sources": 1}, "generation": {"max_new_tokens": 4},
+            "evaluators": ["vader", "prototype"], "report_metrics": ["target", "vader_compound", "perplexity"]}
+    _run(project_copy, ["patching"], device="cpu", patching=tiny)
+    out = project_copy / "data"
+
+    def latest(pattern):
+        return sorted(out.glob(pattern))[-1]
+
+    for alias in ("smollm2-135m", "gemma3-270m"):
+        results = pd.read_parquet(latest(f"07_model_output/patching/{alias}/patching_results.parquet/*/*.parquet"))
+        # per prompt: the baseline, 1 layer x 1 alpha x (9 emotion + 3 random directions), 3 swaps
+        assert len(results) == 2 * (1 + 12 + 3) and set(results.model) == {alias}
+        assert (results.kind == "baseline").sum() == 2 and set(results.kind) >= {"random", "swap", "trigger"}
+        assert results.perplexity.gt(1).all() and results.vader_compound.between(-1, 1).all()
+        verdict = pd.read_csv(latest(f"08_reporting/patching/{alias}/patching_verdict.csv/*/*.csv"))
+        assert len(verdict) == 9 and set(verdict.target_metric) == {"proto_gratitude", "proto_anger",
+                                                                    "proto_apology"}
+        for figure in ("heatmaps", "violins", "trigger_vs_sentence_end"):
+            assert latest(f"08_reporting/patching/{alias}/{figure}.png/*/*.png").stat().st_size > 10_000

@@ -29,7 +29,7 @@ class ModelAvailabilityHooks:
             logger.info("Model %s (%s) is available", name, dataset.alias)
         _check_inputs_exist(pipeline, catalog, run_params.get("runtime_params") or {})
         outputs = pipeline.all_outputs()
-        per_alias = any({f"{name}_a", f"{name}_b"} <= outputs for name in ("activations", "semantic_activations"))
+        per_alias = any({f"{name}_a", f"{name}_b"} <= outputs for name in ("activations", "semantic_activations", "steered_generations"))
         if per_alias and {"model_a", "model_b"} <= models.keys():
             if models["model_a"].alias == models["model_b"].alias:
                 raise ValueError(

@@ -1,0 +1,151 @@
+"""Known answers for the patching nodes on synthetic activations and synthetic scores."""
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from emotion_circuits.models.steering import resid_index
+from emotion_circuits.pipelines.patching import analysis, nodes
+from emotion_circuits.pipelines.subspaces import nodes as subspace_nodes
+from tests.conftest import PROJECT_ROOT
+
+PARAMS = yaml.safe_load((PROJECT_ROOT / "conf/base/parameters_patching.yml").read_text())["patching"]
+SUBSPACE_PARAMS = {**yaml.safe_load((PROJECT_ROOT / "conf/base/parameters_subspaces.yml").read_text())["subspaces"],
+                   "k_max": 3, "n_splits": 2}
+EMOTIONS = ["gratitude", "anger", "apology"]
+
+
+def _activations(rng, n_layers=4, d=16, per_emotion=20):
+    emotions = [e for e in [*EMOTIONS, "neutral"] for _ in range(per_emotion)]
+    resid = rng.standard_normal((len(emotions), n_layers + 1, d)) * (0.3 * np.arange(1, n_layers + 2))[None, :, None]
+    for i, emotion in enumerate(EMOTIONS):
+        resid[np.array(emotions) == emotion, :, i] += 5.0  # emotion i shifts coordinate i
+    n = len(emotions)
+    return {"model": "synthetic", "n_layers": n_layers, "d_model": d, "ids": [f"p{i}" for i in range(n)],
+            "emotions": emotions, "splits": ["baseline"] * n,
+            "hook_names": ["blocks.0.hook_resid_pre"] + [f"blocks.{l}.hook_resid_post" for l in range(n_layers)],
+            "token_positions": {"trigger": np.ones(n, int), "sentence_end": np.full(n, 4)},
+            "resid": {"trigger": resid, "sentence_end": resid.copy()}}
+
+
+@pytest.fixture(scope="module")
+def directions():
+    activations = _activations(np.random.default_rng(0))
+    vectors, _ = subspace_nodes.compute_emotion_vectors(activations, SUBSPACE_PARAMS)
+    subspaces = subspace_nodes.compute_emotion_subspaces(activations, SUBSPACE_PARAMS)
+    return activations, nodes.build_steering_directions(activations, vectors, subspaces, PARAMS)
+
+
+def test_every_direction_is_unit_norm_so_scaled_vectors_match_in_norm(directions):
+    _, built = directions
+    assert sum(name.startswith("random/") for name in built["directions"]) == PARAMS["n_random"]
+    for name, direction in built["directions"].items():
+        np.testing.assert_allclose(np.linalg.norm(direction, axis=-1), 1.0, rtol=1e-5, err_msg=name)
+    # α = 1 on any direction adds a vector as long as the typical residual at that hook
+    scaled = {n: d[2] * built["typical_norm"][2] for n, d in built["directions"].items()}
+    norms = np.array([np.linalg.norm(v) for v in scaled.values()])
+    np.testing.assert_allclose(norms, built["typical_norm"][2], rtol=1e-5)
+
+
+def test_emotion_directions_point_along_the_planted_shift(directions):
+    _, built = directions
+    for i, emotion in enumerate(EMOTIONS):
+        for kind in ("trigger", "sentence_end", "subspace"):
+            direction = built["directions"][f"{kind}/{emotion}"][1:]  # after the embeddings
+            assert np.all(direction[:, i] > 0.8), (kind, emotion)  # sign fixed, mostly coordinate i
+
+
+def test_typical_norm_is_the_median_neutral_residual_norm(directions):
+    activations, built = directions
+    neutral = np.array(activations["emotions"]) == "neutral"
+    expected = np.median(np.linalg.norm(activations["resid"]["sentence_end"][neutral], axis=-1), axis=0)
+    np.testing.assert_allclose(built["typical_norm"], expected)
+
+
+def test_plan_has_one_baseline_per_prompt_and_the_full_grid(directions):
+    _, built = directions
+    prompts = pd.DataFrame({"prompt_id": ["n1", "n2", "r1"]})
+    params = {**PARAMS, "alphas": [-0.5, 0, 0.5], "layers": [1, 3]}
+    plan = nodes.plan_steering_sweep(prompts, built, params)
+    n_directions = len(built["directions"])
+    assert (plan.kind == "baseline").sum() == 3
+    assert 0.0 not in set(plan[plan.kind != "baseline"].alpha)  # α = 0 is the baseline
+    assert len(plan) == 3 * (1 + 2 * 2 * n_directions + 2 * len(EMOTIONS))
+    assert set(plan[plan.kind == "swap"].direction) <= {i for s in built["swap_sources"].values() for i in s["ids"]}
+    assert set(plan.hook_name) == {"", "blocks.1.hook_resid_post", "blocks.3.hook_resid_post"}
+    assert resid_index("blocks.3.hook_resid_post") == 4
+
+
+def test_layers_from_fractions_and_out_of_range_layers():
+    assert nodes.steering_layers({**PARAMS, "layers": None, "layer_fractions": [0.25, 0.5, 0.99]}, 30) == [8, 15, 29]
+    with pytest.raises(ValueError, match="patching.layers"):
+        nodes.steering_layers({**PARAMS, "layers": [30]}, 30)
+
+
+def test_bad_parameters_are_named(directions):
+    activations, _ = directions
+    vectors, _ = subspace_nodes.compute_emotion_vectors(activations, SUBSPACE_PARAMS)
+    subspaces = subspace_nodes.compute_emotion_subspaces(activations, SUBSPACE_PARAMS)
+    with pytest.raises(ValueError, match="patching.vector_kinds"):
+        nodes.build_steering_directions(activations, vectors, subspaces, {**PARAMS, "vector_kinds": ["mlp"]})
+    with pytest.raises(ValueError, match="joy"):
+        nodes.build_steering_directions(activations, vectors, subspaces, {**PARAMS, "emotions": ["joy"]})
+    with pytest.raises(ValueError, match="different models"):
+        nodes.build_steering_directions(activations, {**vectors, "model": "other"}, subspaces, PARAMS)
+    prompts = pd.DataFrame({"id": ["a"], "emotion": ["neutral"], "text": ["x"]})
+    with pytest.raises(ValueError, match="patching.prompts asks for 2 neutral prompts; there are 1"):
+        nodes.select_steering_prompts(prompts, prompts, PARAMS)
+
+
+def _synthetic_results(rng, gratitude_effect: float, n_prompts=12, n_random=20):
+    """Scores where steering adds ``gratitude_effect`` (× sign α) to proto_gratitude and
+    random directions add only noise around zero."""
+    rows = []
+    for p in range(n_prompts):
+        base = rng.normal(0.3, 0.05)
+        rows.append((f"p{p}", "baseline", "", "", -1, "", 0.0, base))
+        for alpha in (-0.5, 0.5):
+            for j in range(n_random):
+                rows.append((f"p{p}", "random", "", f"random/{j:02d}", 3, "blocks.3.hook_resid_post", alpha,
+                             base + rng.normal(0, 0.02) + 0.01 * (j - n_random / 2) / n_random))
+            rows.append((f"p{p}", "sentence_end", "gratitude", "sentence_end/gratitude", 3, "blocks.3.hook_resid_post",
+                         alpha, base + np.sign(alpha) * gratitude_effect + rng.normal(0, 0.02)))
+    table = pd.DataFrame(rows, columns=[*nodes.PLAN_COLUMNS, "proto_gratitude"])
+    return table.assign(model="synthetic", text="", n_new_tokens=20)
+
+
+def test_a_planted_effect_is_beyond_random_and_significant():
+    results = _synthetic_results(np.random.default_rng(0), gratitude_effect=0.2)
+    comparison = analysis.compare_with_random(results, PARAMS)
+    target = comparison[comparison.is_target]
+    assert len(target) == 2 and target.beyond_random_range.all()
+    assert (target.q_bh < 0.01).all()
+    np.testing.assert_allclose(np.sign(target.alpha) * target.observed_delta, 0.2, atol=0.02)
+    verdict = analysis.patching_verdict(comparison, PARAMS)
+    assert verdict.moved_beyond_random.item() and verdict.n_significant.item() == 2
+
+
+def test_no_effect_stays_inside_the_random_distribution():
+    results = _synthetic_results(np.random.default_rng(1), gratitude_effect=0.0)
+    comparison = analysis.compare_with_random(results, PARAMS)
+    assert not comparison[comparison.is_target].q_bh.lt(0.05).any()
+    assert not analysis.patching_verdict(comparison, PARAMS).moved_beyond_random.item()
+
+
+def test_summary_deltas_are_paired_against_each_prompts_baseline():
+    results = _synthetic_results(np.random.default_rng(2), gratitude_effect=0.2)
+    summary = analysis.summarise_patching(results)
+    row = summary[(summary.kind == "sentence_end") & (summary.alpha == 0.5)].iloc[0]
+    assert row.n == 12 and row.delta_ci_low < 0.2 < row.delta_ci_high
+    assert row.delta_ci_high - row.delta_ci_low < 0.05  # paired: prompt-to-prompt spread cancels
+    with pytest.raises(ValueError, match="one baseline generation per prompt"):
+        analysis.summarise_patching(results[results.kind != "baseline"])
+
+
+def test_target_metrics_must_come_from_the_chosen_evaluators():
+    with pytest.raises(ValueError, match=r"target_metrics.gratitude='prototype_gratitude'.*they give"):
+        nodes._check_metrics_exist({**PARAMS, "target_metrics": {"gratitude": "prototype_gratitude"}},
+                                   ["proto_gratitude", "perplexity"])
+    nodes._check_metrics_exist({**PARAMS, "report_metrics": ["target", "perplexity"]},
+                               ["proto_gratitude", "proto_anger", "proto_apology", "perplexity"])
