@@ -109,7 +109,7 @@ def test_patching_run_on_both_models_with_random_controls(project_copy):
     tiny = {"prompts": {"n_neutral": 1, "n_real_world": 1}, "n_random": 3, "layer_fractions": [0.5],
             "alphas": [0, 0.5], "swap": {"n_sources": 1}, "generation": {"max_new_tokens": 4},
             "evaluators": ["vader", "prototype"], "report_metrics": ["target", "vader_compound", "perplexity"]}
-    _run(project_copy, ["patching"], device="cpu", patching=tiny)
+    _run(project_copy, ["patching"], device="cpu", patching=tiny, subspaces={"k_max": 3})
     out = project_copy / "data"
 
     def latest(pattern):
