@@ -18,7 +18,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from _timing import interleaved_times
+from _timing import benchmark_parser, fill_size_defaults, interleaved_times
 
 from emotion_circuits.models import load_model
 from emotion_circuits.models.extraction import extract_residuals, resid_hook_names
@@ -103,19 +103,10 @@ def _bridge_times(model, texts: list[str], args) -> float:
 
 
 def _parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="smollm2-135m")
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--dtype", default="auto")
-    parser.add_argument("--n-prompts", type=int, default=None, help="default: 2048 on GPU, 256 on CPU")
-    parser.add_argument("--batch-size", type=int, default=None, help="default: 256 on GPU, 32 on CPU")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser = benchmark_parser(__doc__, gpu_prompts=2048, cpu_prompts=256)
     parser.add_argument("--with-bridge", action="store_true")
     parser.add_argument("--check", action="store_true", help="first compare stored values with HF's")
-    args = parser.parse_args()
-    on_gpu = torch.cuda.is_available() and args.device in ("auto", "cuda")
-    args.n_prompts = args.n_prompts or (2048 if on_gpu else 256)
-    args.batch_size = args.batch_size or (256 if on_gpu else 32)
+    args = fill_size_defaults(parser.parse_args(), gpu_prompts=2048, cpu_prompts=256)
     return args
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from _timing import interleaved_times
+from _timing import benchmark_parser, fill_size_defaults, interleaved_times
 
 from emotion_circuits.models import load_model
 from emotion_circuits.models.steering import Steering, generation_config, steered_generate
@@ -84,19 +84,10 @@ def _prompts(n: int) -> list[str]:
 
 
 def _parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="smollm2-135m")
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--dtype", default="auto")
-    parser.add_argument("--n-prompts", type=int, default=None, help="default: 1024 on GPU, 64 on CPU")
-    parser.add_argument("--batch-size", type=int, default=None, help="default: 256 on GPU, 32 on CPU")
+    parser = benchmark_parser(__doc__, gpu_prompts=1024, cpu_prompts=64)
     parser.add_argument("--new-tokens", type=int, default=30)
     parser.add_argument("--settings", type=int, default=None, help="rows per prompt in the sweep (default: the batch size)")
-    parser.add_argument("--repeats", type=int, default=3)
-    args = parser.parse_args()
-    on_gpu = torch.cuda.is_available() and args.device in ("auto", "cuda")
-    args.n_prompts = args.n_prompts or (1024 if on_gpu else 64)
-    args.batch_size = args.batch_size or (256 if on_gpu else 32)
+    args = fill_size_defaults(parser.parse_args(), gpu_prompts=1024, cpu_prompts=64)
     args.settings = args.settings or args.batch_size
     return args
 

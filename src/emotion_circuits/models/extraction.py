@@ -18,6 +18,7 @@ import torch
 from tqdm.auto import tqdm
 
 from emotion_circuits.models.loading import LoadedModel
+from emotion_circuits.models.padding import pad_right
 from emotion_circuits.models.positions import TokenizedPrompts
 
 logger = logging.getLogger(__name__)
@@ -70,7 +71,7 @@ def extract_residuals(
     with torch.inference_mode(), _PositionRecorder(model, include_mlp_out) as recorder:
         for rows in tqdm(batches, desc=f"extract {model.alias}", unit="batch", leave=False,
                          disable=not show_progress):
-            input_ids, mask = _pad_right([tokenized.input_ids[r] for r in rows], model)
+            input_ids, mask = pad_right([tokenized.input_ids[r] for r in rows], model)
             recorder.select(np.concatenate([positions[k][rows] for k in kinds]))
             with contextlib.suppress(_StopForward):
                 model.hf_model.base_model(input_ids=input_ids, attention_mask=mask, use_cache=False)
@@ -93,16 +94,6 @@ def _assemble(pending: list, kinds: list[str], n_prompts: int) -> dict[str, dict
                 arrays[kind][rows] = picked[i * len(rows):(i + 1) * len(rows)]
         result[name] = arrays
     return result
-
-
-def _pad_right(sequences: list[list[int]], model: LoadedModel) -> tuple[torch.Tensor, torch.Tensor]:
-    # right padding keeps every real token at its own position; causal attention never sees pads
-    lengths = np.array([len(s) for s in sequences])
-    mask = np.arange(lengths.max()) < lengths[:, None]
-    ids = np.full(mask.shape, model.tokenizer.pad_token_id or 0, dtype=np.int64)
-    ids[mask] = np.concatenate(sequences)
-    return (torch.from_numpy(ids).to(model.device, non_blocking=True),
-            torch.from_numpy(mask.astype(np.int64)).to(model.device, non_blocking=True))
 
 
 class _StopForward(Exception):

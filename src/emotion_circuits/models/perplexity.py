@@ -8,7 +8,8 @@ import numpy as np
 import torch
 
 from emotion_circuits.models.loading import LoadedModel
-from emotion_circuits.models.steering import pad_left
+from emotion_circuits.models.padding import pad_left, pad_right
+from emotion_circuits.models.steering import prefix_cache
 
 
 def continuation_perplexity(
@@ -54,11 +55,9 @@ def continuation_perplexity(
 
 def _shared_prompt_perplexity(model: LoadedModel, prompt: list[int], continuations: list) -> np.ndarray:
     """One prompt's KV cache (all but its last token), then every continuation after it."""
-    cache = model.hf_model(input_ids=torch.tensor([prompt[:-1]], device=model.device), use_cache=True,
-                           logits_to_keep=1).past_key_values if len(prompt) > 1 else None
-    cont, cont_mask = _right_padded(continuations, model)
-    if cache is not None:
-        cache.batch_repeat_interleave(len(continuations))
+    cache = (prefix_cache(model, torch.tensor([prompt[:-1]], device=model.device), len(continuations))
+             if len(prompt) > 1 else None)
+    cont, cont_mask = pad_right(continuations, model)
     last = torch.full((len(continuations), 1), prompt[-1], device=model.device)
     # the last prompt token predicts the first continuation token; the continuation's last predicts nothing
     input_ids = torch.cat([last, cont[:, :-1]], dim=1)
@@ -66,15 +65,6 @@ def _shared_prompt_perplexity(model: LoadedModel, prompt: list[int], continuatio
                       cont_mask[:, :-1]], dim=1)
     logits = model.hf_model(input_ids=input_ids, attention_mask=mask, past_key_values=cache, use_cache=True).logits
     return _mean_nll(logits.float(), cont, cont_mask).exp().cpu().numpy()
-
-
-def _right_padded(continuations: list, model: LoadedModel) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(c) for c in continuations)
-    ids = np.full((len(continuations), width), model.tokenizer.pad_token_id or 0, dtype=np.int64)
-    mask = np.zeros_like(ids)
-    for i, continuation in enumerate(continuations):
-        ids[i, :len(continuation)], mask[i, :len(continuation)] = continuation, 1
-    return torch.from_numpy(ids).to(model.device), torch.from_numpy(mask).to(model.device)
 
 
 def _mean_nll(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -85,7 +75,7 @@ def _mean_nll(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -
 
 def _batch_perplexity(model: LoadedModel, prompts: list, continuations: list) -> np.ndarray:
     prompt_ids, prompt_mask = pad_left(prompts, model)
-    cont, cont_mask = _right_padded(continuations, model)
+    cont, cont_mask = pad_right(continuations, model)
     width = cont.shape[1]
     input_ids = torch.cat([prompt_ids, cont], dim=1)
     mask = torch.cat([prompt_mask, cont_mask], dim=1)

@@ -31,6 +31,7 @@ import torch
 from tqdm.auto import tqdm
 
 from emotion_circuits.models.loading import LoadedModel
+from emotion_circuits.models.padding import pad_left
 
 SCHEDULES = ("constant", "exp_decay", "linear_ramp")
 MODES = ("add", "swap")
@@ -150,7 +151,7 @@ def steered_generate(
     for number, (rows, prefix_len) in enumerate(tqdm(batches, desc=f"generate {model.alias}", unit="batch",
                                                       leave=False, disable=not show_progress)):
         input_ids, mask = pad_left([prompts[r] for r in rows], model)
-        cache = _prefix_cache(model, input_ids[:1, :prefix_len], len(rows)) if prefix_len else None
+        cache = prefix_cache(model, input_ids[:1, :prefix_len], len(rows)) if prefix_len else None
         steerer = (_Steerer(model, steering, vectors[rows], alphas[rows]) if steering is not None
                    else contextlib.nullcontext())
         if do_sample:
@@ -172,17 +173,6 @@ def generation_config(model: LoadedModel, max_new_tokens: int, min_new_tokens: i
     sampling = {"temperature": temperature, "top_p": top_p} if do_sample else {}
     return GenerationConfig(max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens, do_sample=do_sample,
                             pad_token_id=model.tokenizer.pad_token_id, eos_token_id=eos, **sampling)
-
-
-def pad_left(sequences: Sequence[Sequence[int]], model: LoadedModel) -> tuple[torch.Tensor, torch.Tensor]:
-    """Left-padded ids and attention mask on the model's device (prompts end in the same column)."""
-    width = max(len(s) for s in sequences)
-    ids = np.full((len(sequences), width), model.tokenizer.pad_token_id or 0, dtype=np.int64)
-    mask = np.zeros_like(ids)
-    for i, sequence in enumerate(sequences):
-        ids[i, width - len(sequence):] = sequence
-        mask[i, width - len(sequence):] = 1
-    return torch.from_numpy(ids).to(model.device), torch.from_numpy(mask).to(model.device)
 
 
 def _padded_batches(prompts: Sequence[Sequence[int]], batch_size: int) -> list[tuple[np.ndarray, int]]:
@@ -216,8 +206,8 @@ def _shared_prompt_batches(prompts: Sequence[Sequence[int]], steering: Steering 
     return batches + [(np.array(leftovers)[rows], 0) for rows, _ in padded]
 
 
-def _prefix_cache(model: LoadedModel, prefix_ids: torch.Tensor, n_rows: int):
-    """KV cache of one prompt prefix ``[1, prefix_len]``, repeated for ``n_rows`` rows."""
+def prefix_cache(model: LoadedModel, prefix_ids: torch.Tensor, n_rows: int):
+    """KV cache of one unsteered prompt prefix ``[1, prefix_len]``, repeated for ``n_rows`` rows."""
     with torch.inference_mode():
         cache = model.hf_model(input_ids=prefix_ids, use_cache=True, logits_to_keep=1).past_key_values
     cache.batch_repeat_interleave(n_rows)
