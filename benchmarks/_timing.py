@@ -36,7 +36,9 @@ def benchmark_parser(description: str, gpu_prompts: int, cpu_prompts: int) -> ar
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--dtype", default="auto")
-    parser.add_argument("--n-prompts", type=int, default=None, help=f"default: {gpu_prompts} on GPU, {cpu_prompts} on CPU")
+    parser.add_argument(
+        "--n-prompts", type=int, default=None, help=f"default: {gpu_prompts} on GPU, {cpu_prompts} on CPU"
+    )
     parser.add_argument("--batch-size", type=int, default=None, help="default: 256 on GPU, 32 on CPU")
     parser.add_argument("--repeats", type=int, default=3)
     return parser

@@ -19,9 +19,9 @@ import pandas as pd
 import torch
 
 from _timing import benchmark_parser, fill_size_defaults, interleaved_times
-
 from emotion_circuits.models import load_model
-from emotion_circuits.models.extraction import extract_residuals, resid_hook_names
+from emotion_circuits.models.architecture import resid_hook_names
+from emotion_circuits.models.extraction import extract_residuals
 from emotion_circuits.models.positions import find_span, tokenize_with_positions
 
 PROMPTS = Path(__file__).resolve().parents[1] / "data/01_raw/emotion_prompts.csv"
@@ -96,7 +96,8 @@ def _bridge_times(model, texts: list[str], args) -> float:
         with torch.inference_mode():
             for i in range(0, len(texts), args.batch_size):
                 enc = model.tokenizer(texts[i:i + args.batch_size], return_tensors="pt", padding=True)
-                bridge.run_with_cache(enc.input_ids.to(model.device), attention_mask=enc.attention_mask.to(model.device),
+                bridge.run_with_cache(enc.input_ids.to(model.device),
+                                      attention_mask=enc.attention_mask.to(model.device),
                                       names_filter=lambda n: n in names)
 
     return interleaved_times({"bridge": run}, args.repeats, model.device)["bridge"]

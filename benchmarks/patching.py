@@ -23,8 +23,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from _timing import benchmark_parser, fill_size_defaults, interleaved_times
 
+from _timing import benchmark_parser, fill_size_defaults, interleaved_times
 from emotion_circuits.models import load_model
 from emotion_circuits.models.steering import Steering, generation_config, steered_generate
 
@@ -86,7 +86,9 @@ def _prompts(n: int) -> list[str]:
 def _parse_args() -> argparse.Namespace:
     parser = benchmark_parser(__doc__, gpu_prompts=1024, cpu_prompts=64)
     parser.add_argument("--new-tokens", type=int, default=30)
-    parser.add_argument("--settings", type=int, default=None, help="rows per prompt in the sweep (default: the batch size)")
+    parser.add_argument(
+        "--settings", type=int, default=None, help="rows per prompt in the sweep (default: the batch size)"
+    )
     args = fill_size_defaults(parser.parse_args(), gpu_prompts=1024, cpu_prompts=64)
     args.settings = args.settings or args.batch_size
     return args

@@ -41,10 +41,10 @@ def tiny_model(architecture: str, tokenizer, n_layers: int = 2):
     torch.manual_seed(0)
     vocab = len(tokenizer)
     if architecture == "gpt2":
-        config = GPT2Config(vocab_size=vocab, n_embd=32, n_layer=n_layers, n_head=4, n_positions=128)
+        config = GPT2Config(vocab_size=vocab, n_embd=32, n_layer=n_layers, n_head=4, n_positions=1024)
     else:
         config = LlamaConfig(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=n_layers,
-                             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128)
+                             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024)
     model = AutoModelForCausalLM.from_config(config).eval()
     return LoadedModel(alias=f"tiny-{architecture}", hf_model=model, tokenizer=tokenizer,
                        n_layers=n_layers, d_model=32, device=torch.device("cpu"), dtype=torch.float32)
@@ -64,3 +64,26 @@ def load_real():
         return _LOADED[alias]
 
     return _load
+
+
+@pytest.fixture
+def project_copy(tmp_path):
+    """conf, pyproject and the raw data in a temporary root, so runs never touch ./data."""
+    import shutil
+
+    from kedro.framework.startup import bootstrap_project
+
+    shutil.copytree(PROJECT_ROOT / "conf", tmp_path / "conf", ignore=shutil.ignore_patterns("credentials*"))
+    shutil.copy(PROJECT_ROOT / "pyproject.toml", tmp_path)
+    shutil.copytree(PROJECT_ROOT / "data/01_raw", tmp_path / "data/01_raw")
+    (tmp_path / "src").mkdir()  # bootstrap_project wants a source dir; the package is installed
+    bootstrap_project(tmp_path)
+    return tmp_path
+
+
+def run_project(project, pipelines, **runtime_params):
+    """One `kedro run` of ``pipelines`` through a KedroSession; returns the run's free outputs."""
+    from kedro.framework.session import KedroSession
+
+    with KedroSession.create(project_path=project, runtime_params=runtime_params) as session:
+        return session.run(pipeline_names=pipelines)

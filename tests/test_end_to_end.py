@@ -1,32 +1,12 @@
 """A real `kedro run` through KedroSession, on the embedded SmolLM2, into a temporary project copy."""
 
 import pickle
-import shutil
 
 import numpy as np
-
 import pytest
-from kedro.framework.session import KedroSession
-from kedro.framework.startup import bootstrap_project
 
 from emotion_circuits.models import ModelNotAvailableError
-from tests.conftest import PROJECT_ROOT
-
-
-@pytest.fixture
-def project_copy(tmp_path):
-    """conf, pyproject and the raw data in a temporary root, so runs never touch ./data."""
-    shutil.copytree(PROJECT_ROOT / "conf", tmp_path / "conf", ignore=shutil.ignore_patterns("credentials*"))
-    shutil.copy(PROJECT_ROOT / "pyproject.toml", tmp_path)
-    shutil.copytree(PROJECT_ROOT / "data/01_raw", tmp_path / "data/01_raw")
-    (tmp_path / "src").mkdir()  # bootstrap_project wants a source dir; the package is installed
-    bootstrap_project(tmp_path)
-    return tmp_path
-
-
-def _run(project, pipelines, **runtime_params):
-    with KedroSession.create(project_path=project, runtime_params=runtime_params) as session:
-        return session.run(pipeline_names=pipelines)
+from tests.conftest import run_project as _run
 
 
 @pytest.mark.slow
@@ -60,7 +40,8 @@ def test_same_model_twice_is_refused_before_any_output(project_copy):
 
 
 def test_alignment_without_activations_says_which_command_makes_them(project_copy):
-    with pytest.raises(FileNotFoundError, match=r"activations_a.*kedro run --pipelines=activations --params model_b=gpt2"):
+    with pytest.raises(FileNotFoundError,
+                       match=r"gpt2.activations.*kedro run --pipelines=activations --params model_b=gpt2"):
         _run(project_copy, ["alignment"], model_b="gpt2")
 
 
@@ -88,7 +69,7 @@ def test_semantic_phase_run_and_independent_tanh_refit(project_copy):
         best = None
         for start in np.linspace(1, x.max() - 1, 12):
             try:
-                p, _ = curve_fit(lambda x, a, l, k, c: c + a * np.tanh(k * (x - l)), x, y,
+                p, _ = curve_fit(lambda x, a, loc, k, c: c + a * np.tanh(k * (x - loc)), x, y,
                                  p0=[np.ptp(y) / 2 or 0.1, start, 0.5, y.mean()],
                                  bounds=([-np.inf, 0, 1e-3, -np.inf], [np.inf, x.max(), 50, np.inf]), maxfev=20000)
             except RuntimeError:

@@ -51,7 +51,8 @@ def test_prototype_scores_classify_the_authored_sanity_set():
 
 def test_missing_hf_classifier_and_unknown_names_are_clear():
     # conftest sets HF_HUB_OFFLINE, so nothing touches the network
-    with pytest.raises(EvaluatorNotAvailableError, match=r"'goemotions'.*bhadresh-savani/roberta-base-go-emotions.*not available"):
+    with pytest.raises(EvaluatorNotAvailableError,
+                       match=r"'goemotions'.*bhadresh-savani/roberta-base-go-emotions.*not available"):
         _build("goemotions")
     with pytest.raises(EvaluatorNotAvailableError, match=r"Unknown evaluator\(s\) \['sarcasm'\]"):
         _build("vader", "sarcasm")

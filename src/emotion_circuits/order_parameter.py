@@ -27,7 +27,9 @@ def sense_directions(clear_a: np.ndarray, clear_b: np.ndarray) -> tuple[np.ndarr
     return e_a, e_b, unit(e_a - e_b)
 
 
-def order_parameter(phi: np.ndarray, e_a: np.ndarray, e_b: np.ndarray, e_diff: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def order_parameter(
+    phi: np.ndarray, e_a: np.ndarray, e_b: np.ndarray, e_diff: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """σ = cos(φ, ê_A) − cos(φ, ê_B) and σ_diff = cos(φ, ê_diff), elementwise over leading axes.
 
     Args:

@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 from scipy.optimize import OptimizeWarning, curve_fit
@@ -107,8 +108,8 @@ def fit_curve(x: np.ndarray, y: np.ndarray, model: str) -> CurveFit:
     x, y = _check_curve(x, y)
     lower, upper = _bounds(model, x)
     best: tuple[float, np.ndarray, np.ndarray] | None = None
-    for p0 in _starts(model, x, y):
-        p0 = np.clip(p0, lower, upper)  # curve_fit rejects a start outside the bounds
+    for start in _starts(model, x, y):
+        p0 = np.clip(start, lower, upper)  # curve_fit rejects a start outside the bounds
         try:
             with warnings.catch_warnings(), np.errstate(all="ignore"):
                 # OptimizeWarning: covariance not estimable (a flat curve); handled below as nan

@@ -1,11 +1,58 @@
-"""Project pipelines."""
+"""Project pipelines, composed from per-model templates for the models of the active study.
 
-from kedro.framework.project import find_pipelines
-from kedro.pipeline import Pipeline
+Each per-model template (activations, subspaces, steering, semantic extraction) is instantiated once
+per model in the namespace of its model key (`emotion_circuits.study.model_key`), so kedro-viz
+shows one collapsible group per model; cross-model analyses read the models' namespaced outputs.
+Pipelines never import each other: what a pipeline needs from another is added here.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterable
+
+from kedro.pipeline import Pipeline, pipeline
+
+from emotion_circuits.pipelines import activations, alignment, data_engineering, patching, semantic_phase, subspaces
+from emotion_circuits.study import Study, active_study
+
+# Cross-model nodes (alignment.<pair>) read other namespaces' outputs (<model>.activations) by design;
+# Kedro warns about any dotted input outside a node's own namespace.
+warnings.filterwarnings("ignore", message="One or more dataset names contain '.' characters")
+
+# Datasets every model's template reads under the same name (not per model).
+SHARED_INPUTS = frozenset({"emotion_prompts", "real_world_prompts", "steering_prompts", "evaluator_prototypes",
+                           "evaluator_lexicons", "semantic_prompts", "semantic_stimuli"})
+
+
+def for_each_model(template: Pipeline, model_keys: Iterable[str]) -> Pipeline:
+    """One copy of ``template`` per model key, in that key's namespace.
+
+    Shared inputs (`SHARED_INPUTS`) and parameters keep their names; every other dataset is the model's own.
+    """
+    shared = template.inputs() & SHARED_INPUTS
+    parameters = {name for name in template.inputs() if name.startswith("params:")}
+    return sum((pipeline(template, namespace=key, inputs=shared, parameters=parameters) for key in model_keys),
+               Pipeline([]))
+
+
+def create_pipelines(study: Study) -> dict[str, Pipeline]:
+    """Every pipeline of the mission for ``study``; ``__default__`` runs them all."""
+    models, pair = study.keys, study.pair_keys
+    pipelines = {
+        "data_engineering": data_engineering.create_pipeline(),
+        "activations": for_each_model(activations.template(), models),
+        "subspaces": for_each_model(subspaces.template(), models),
+        # subspaces take seconds, so alignment and patching need only the activations
+        "alignment": for_each_model(subspaces.template(), pair) + alignment.create_pipeline(*pair),
+        "patching": patching.shared_pipeline() + for_each_model(subspaces.template() + patching.template(), models),
+        "semantic_phase": (semantic_phase.shared_pipeline() + for_each_model(semantic_phase.template(), models)
+                           + semantic_phase.create_pipeline(list(models))),
+    }
+    pipelines["__default__"] = sum(pipelines.values(), Pipeline([]))
+    return pipelines
 
 
 def register_pipelines() -> dict[str, Pipeline]:
-    """Registers every folder under ``pipelines/``; ``__default__`` runs all of them."""
-    pipelines = find_pipelines(raise_errors=True)
-    pipelines["__default__"] = sum(pipelines.values(), Pipeline([]))
-    return pipelines
+    """The pipelines of the study the current run's parameters describe (see `StudyHooks`)."""
+    return create_pipelines(active_study())

@@ -2,9 +2,9 @@
 
 from kedro.config import OmegaConfigLoader
 
-from emotion_circuits.hooks import ModelAvailabilityHooks
+from emotion_circuits.hooks import ModelAvailabilityHooks, StudyHooks
 
-HOOKS = (ModelAvailabilityHooks(),)
+HOOKS = (StudyHooks(), ModelAvailabilityHooks())
 
 CONFIG_LOADER_CLASS = OmegaConfigLoader
 CONFIG_LOADER_ARGS = {

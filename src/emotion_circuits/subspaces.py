@@ -59,7 +59,9 @@ def difference_basis(x_emotion: np.ndarray, neutral_mean: np.ndarray, k: int) ->
     else:
         eigenvalues, right = np.linalg.eigh(np.swapaxes(differences, -1, -2) @ differences)
         top_values, basis = eigenvalues[..., ::-1][..., :k], right[..., ::-1][..., :k]
-    explained = top_values / np.sum(differences**2, axis=(-2, -1))[..., None]
+    total = np.sum(differences**2, axis=(-2, -1))[..., None]
+    # identical residuals (e.g. the embedding of the same final "." in every prompt) have nothing to explain
+    explained = np.divide(top_values, total, out=np.zeros_like(top_values), where=total > 0)
     return basis, explained
 
 
@@ -139,12 +141,6 @@ def split_half_cosines(x_emotion: np.ndarray, x_neutral: np.ndarray, n_splits: i
         second = mean_difference(x_emotion[e[len(e) // 2:]], x_neutral[n[len(n) // 2:]])
         result.append(cosine(first, second))
     return np.stack(result)
-
-
-def empirical_p_value(observed: float, null: np.ndarray) -> float:
-    """One-sided p-value of ``observed`` against samples of a null, (1 + #null ≥ obs) / (1 + n)."""
-    null = np.asarray(null)
-    return float((1 + np.sum(null >= observed)) / (1 + null.size))
 
 
 def _check_nonempty(**arrays: np.ndarray) -> None:

@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from emotion_circuits.models.extraction import extract_residuals, resid_hook_names
+from emotion_circuits.models.architecture import resid_hook_names
+from emotion_circuits.models.extraction import extract_residuals
 from emotion_circuits.models.positions import find_span, tokenize_with_positions
 from tests.conftest import tiny_model
 
@@ -64,13 +65,14 @@ def test_embedded_models_match_plain_hf(alias, load_real):
 def test_matches_transformer_lens_hook_names(load_real):
     model = load_real("smollm2-135m")
     tokenized, positions, result = _extract(model, batch_size=4, include_mlp_out=True)
-    names = set(resid_hook_names(model.n_layers)) | {f"blocks.{l}.hook_mlp_out" for l in range(model.n_layers)}
+    names = set(resid_hook_names(model.n_layers)) | {f"blocks.{layer}.hook_mlp_out" for layer in range(model.n_layers)}
     ids = tokenized.input_ids[1]
     with torch.inference_mode():
         _, cache = model.bridge.run_with_cache(torch.tensor([ids]), names_filter=lambda n: n in names)
     p = positions["trigger"][1]
     for index, name in enumerate(resid_hook_names(model.n_layers)):
-        np.testing.assert_allclose(result["resid"]["trigger"][1, index], cache[name][0, p].numpy(), rtol=1e-4, atol=1e-3)
+        np.testing.assert_allclose(result["resid"]["trigger"][1, index], cache[name][0, p].numpy(),
+                                   rtol=1e-4, atol=1e-3)
     for layer in range(model.n_layers):
         np.testing.assert_allclose(result["mlp_out"]["trigger"][1, layer],
                                    cache[f"blocks.{layer}.hook_mlp_out"][0, p].numpy(), rtol=1e-4, atol=1e-3)

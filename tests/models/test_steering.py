@@ -152,8 +152,8 @@ def test_perplexity_matches_one_prompt_at_a_time_reference(gpt2_style_tokenizer)
     batched = continuation_perplexity(model, prompts, continuations, batch_size=3)
     assert np.isnan(batched[3])
     # a sweep: the same prompt with several continuations goes through the shared-prompt path
-    swept = continuation_perplexity(model, [prompts[0]] * 3 + [prompts[2]], [[9, 10], [5, 6, 7], [8], [9, 10, 11, 12, 13]],
-                                    batch_size=2)
+    swept = continuation_perplexity(model, [prompts[0]] * 3 + [prompts[2]],
+                                    [[9, 10], [5, 6, 7], [8], [9, 10, 11, 12, 13]], batch_size=2)
     np.testing.assert_allclose(swept[[1, 3]], batched[[0, 2]], rtol=1e-4)
     for i in range(3):
         ids = torch.tensor([prompts[i] + continuations[i]])

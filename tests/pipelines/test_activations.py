@@ -4,7 +4,8 @@ import pytest
 from kedro.io import DataCatalog, MemoryDataset
 from kedro.runner import SequentialRunner
 
-from emotion_circuits.pipelines.activations import create_pipeline
+from emotion_circuits.pipeline_registry import for_each_model
+from emotion_circuits.pipelines.activations import template
 from emotion_circuits.pipelines.activations.nodes import extract_activations
 from tests.conftest import tiny_model
 
@@ -21,34 +22,36 @@ def _prompts():
     return df.assign(trigger_start=start, trigger_end=[s + len(g) for s, g in zip(start, df.trigger)])
 
 
-def test_pipeline_writes_both_models_in_the_contract_shape(gpt2_style_tokenizer):
-    models = {"a": tiny_model("llama", gpt2_style_tokenizer, n_layers=2),
-              "b": tiny_model("gpt2", gpt2_style_tokenizer, n_layers=3)}
+def test_template_per_model_writes_each_model_in_the_contract_shape(gpt2_style_tokenizer):
+    models = {"tiny-a": tiny_model("llama", gpt2_style_tokenizer, n_layers=2),
+              "tiny-b": tiny_model("gpt2", gpt2_style_tokenizer, n_layers=3),
+              "tiny-c": tiny_model("llama", gpt2_style_tokenizer, n_layers=1)}
     catalog = DataCatalog({
-        **{f"model_{s}": MemoryDataset(m, copy_mode="assign") for s, m in models.items()},
+        **{f"{key}.language_model": MemoryDataset(m, copy_mode="assign") for key, m in models.items()},
         "emotion_prompts": MemoryDataset(_prompts()),
         "params:activations": MemoryDataset(PARAMS),
-        "activations_a": MemoryDataset(), "activations_b": MemoryDataset(),
+        **{f"{key}.activations": MemoryDataset(copy_mode="assign") for key in models},
     })
-    SequentialRunner().run(create_pipeline(), catalog)
-    for side, model in models.items():
-        result = catalog.load(f"activations_{side}")
-        assert result["ids"] == ["gra_1", "ang_1", "ang_2", "neu_1"]
-        assert result["emotions"] == ["gratitude", "anger", "anger", "neutral"]
+    SequentialRunner().run(for_each_model(template(), models), catalog)
+    for key, model in models.items():
+        result = catalog.load(f"{key}.activations")
+        result.validate()
+        assert result.ids == ["gra_1", "ang_1", "ang_2", "neu_1"]
+        assert result.emotions == ["gratitude", "anger", "anger", "neutral"]
         for kind in ("trigger", "sentence_end"):
-            assert result["resid"][kind].shape == (4, model.n_layers + 1, 32)
-            assert result["resid"][kind].dtype == np.float32
-            assert result["mlp_out"][kind].shape == (4, model.n_layers, 32)
-        assert result["hook_names"][0] == "blocks.0.hook_resid_pre"
-        assert result["hook_names"][-1] == f"blocks.{model.n_layers - 1}.hook_resid_post"
-        assert result["trigger_tokens"][1].strip() and result["trigger_tokens"][1].strip() in "livid"
+            assert result.resid[kind].shape == (4, model.n_layers + 1, 32)
+            assert result.resid[kind].dtype == np.float32
+            assert result.mlp_out[kind].shape == (4, model.n_layers, 32)
+        assert result.hook_names[0] == "blocks.0.hook_resid_pre"
+        assert result.hook_names[-1] == f"blocks.{model.n_layers - 1}.hook_resid_post"
+        assert result.trigger_tokens[1].strip() and result.trigger_tokens[1].strip() in "livid"
         # the trigger and the sentence end differ, the first prompt's trigger is not at its end
-        assert not np.allclose(result["resid"]["trigger"][0], result["resid"]["sentence_end"][0])
+        assert not np.allclose(result.resid["trigger"][0], result.resid["sentence_end"][0])
 
 
 def test_max_prompts_per_emotion_keeps_the_first_rows(gpt2_style_tokenizer):
     model = tiny_model("gpt2", gpt2_style_tokenizer)
     result = extract_activations(model, _prompts(), {**PARAMS, "max_prompts_per_emotion": 1})
-    assert result["ids"] == ["gra_1", "ang_1", "neu_1"]
+    assert result.ids == ["gra_1", "ang_1", "neu_1"]
     with pytest.raises(ValueError, match="max_prompts_per_emotion"):
         extract_activations(model, _prompts(), {**PARAMS, "max_prompts_per_emotion": 0})

@@ -9,6 +9,7 @@ from scipy.stats import ortho_group
 from emotion_circuits.pipelines.alignment import nodes, reports
 from emotion_circuits.pipelines.subspaces import nodes as subspace_nodes
 from tests.conftest import PROJECT_ROOT
+from tests.factories import activations as _make_activations
 
 EMOTIONS = ["gratitude", "anger", "apology"]
 
@@ -21,15 +22,6 @@ def _params(group: str, **overrides):
 SUBSPACE_PARAMS = _params("subspaces", k_max=4, n_splits=4)
 ALIGN_PARAMS = _params("alignment", k_max=4, n_null=99, n_shuffles=19, layer_stride=1,
                        procrustes={"dim": 24}, cca={"n_components": 6, "dim": 24})  # full width of A
-
-
-def _activations(model: str, resid: np.ndarray, emotions: list[str]) -> dict:
-    n = len(emotions)
-    return {"model": model, "n_layers": resid.shape[1] - 1, "d_model": resid.shape[2],
-            "ids": [f"p{i}" for i in range(n)], "emotions": emotions, "splits": ["baseline"] * n,
-            "hook_names": [f"h{l}" for l in range(resid.shape[1])],
-            "token_positions": {"trigger": np.ones(n, int), "sentence_end": np.full(n, 5)},
-            "resid": {"trigger": resid, "sentence_end": resid}}
 
 
 def _model_a(rng, d=24, n_layers=2, per_emotion=60, n_neutral=120):
@@ -47,11 +39,11 @@ def _run(activations_a, activations_b):
     subspaces, vectors = {}, {}
     for side, acts in (("a", activations_a), ("b", activations_b)):
         subspaces[side] = subspace_nodes.compute_emotion_subspaces(acts, SUBSPACE_PARAMS)
-        vectors[side], _ = subspace_nodes.compute_emotion_vectors(acts, SUBSPACE_PARAMS)
-    maps, quality = nodes.fit_linear_maps(activations_a, activations_b, ALIGN_PARAMS)
+        vectors[side], _ = subspace_nodes.compute_emotion_vectors(acts, SUBSPACE_PARAMS, 0)
+    maps, quality = nodes.fit_linear_maps(activations_a, activations_b, ALIGN_PARAMS, 0)
     results = nodes.compare_subspaces(maps, quality, subspaces["a"], subspaces["b"], activations_a,
-                                      activations_b, ALIGN_PARAMS)
-    directions = nodes.compare_directions(maps, vectors["a"], vectors["b"], ALIGN_PARAMS)
+                                      activations_b, ALIGN_PARAMS, 0)
+    directions = nodes.compare_directions(maps, vectors["a"], vectors["b"], ALIGN_PARAMS, 0)
     return results, directions, quality
 
 
@@ -61,7 +53,7 @@ def rotated_run():
     resid, emotions = _model_a(rng)
     rotation = ortho_group.rvs(24, random_state=1)
     rotated = resid @ rotation + 0.01 * rng.standard_normal(resid.shape)
-    return _run(_activations("a", resid, emotions), _activations("b", rotated, emotions))
+    return _run(_make_activations(resid, emotions, model="a"), _make_activations(rotated, emotions, model="b"))
 
 
 def test_rotated_copy_overlaps_fully_and_beats_the_null(rotated_run):
@@ -88,7 +80,8 @@ def test_independent_models_stay_inside_the_null():
     rng = np.random.default_rng(2)
     resid_a, emotions = _model_a(rng)
     resid_b, _ = _model_a(rng, d=30)  # different width, its own unrelated emotion directions
-    results, directions, _ = _run(_activations("a", resid_a, emotions), _activations("b", resid_b, emotions))
+    results, directions, _ = _run(_make_activations(resid_a, emotions, model="a"),
+                                  _make_activations(resid_b, emotions, model="b"))
     assert results.overlap_before.isna().all()  # widths differ: no shared coordinates
     ridge = results[results.method == "ridge"]
     assert (ridge.null_p < 0.05).mean() < 0.25
@@ -112,6 +105,6 @@ def test_claims_table_marks_width_mismatch_not_applicable(rotated_run):
 def test_too_few_shared_prompts_is_a_clear_error():
     rng = np.random.default_rng(3)
     resid, emotions = _model_a(rng, per_emotion=4, n_neutral=5)
-    activations = _activations("a", resid, emotions)
+    activations = _make_activations(resid, emotions, model="a")
     with pytest.raises(ValueError, match="share only 5 usable neutral prompts at trigger"):
-        nodes.fit_linear_maps(activations, activations, ALIGN_PARAMS)
+        nodes.fit_linear_maps(activations, activations, ALIGN_PARAMS, 0)

@@ -33,12 +33,14 @@ def test_valid_prompts_get_trigger_spans():
 
 
 @pytest.mark.parametrize("mutate, message", [
-    (lambda df: df.assign(trigger=df.trigger.where(df.index != 4, "livid")), r"line 6 \(id ang_1\): trigger 'livid' does not occur"),
+    (lambda df: df.assign(trigger=df.trigger.where(df.index != 4, "livid")),
+     r"line 6 \(id ang_1\): trigger 'livid' does not occur"),
     (lambda df: df.assign(text=df.text.where(df.index != 2, "")), r"line 4 \(id gra_2\): empty text"),
     (lambda df: df.assign(emotion=df.emotion.where(df.index != 0, "joy")), r"line 2 \(id gra_0\): emotion 'joy'"),
     (lambda df: df.assign(text=df.text.where(df.index != 1, df.text[0])), r"line 3 \(id gra_1\): duplicate of line 2"),
     (lambda df: df.assign(id=df.id.where(df.index != 1, "gra_0")), r"line 3 \(id gra_0\): id repeats line 2"),
-    (lambda df: df.assign(text=df.text.where(df.index != 0, "thank you " * 40)), r"line 2 \(id gra_0\): text has 80 words"),
+    (lambda df: df.assign(text=df.text.where(df.index != 0, "thank you " * 40)),
+     r"line 2 \(id gra_0\): text has 80 words"),
     (lambda df: df.drop(columns="trigger"), r"missing column\(s\) \['trigger'\]"),
     (lambda df: df[df.emotion != "apology"], r"only 0 rows with emotion 'apology'"),
 ])

@@ -1,5 +1,7 @@
 """Known answers for the patching nodes on synthetic activations and synthetic scores."""
 
+from dataclasses import replace
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -9,6 +11,7 @@ from emotion_circuits.models.steering import resid_index
 from emotion_circuits.pipelines.patching import analysis, nodes
 from emotion_circuits.pipelines.subspaces import nodes as subspace_nodes
 from tests.conftest import PROJECT_ROOT
+from tests.factories import planted_activations
 
 PARAMS = yaml.safe_load((PROJECT_ROOT / "conf/base/parameters_patching.yml").read_text())["patching"]
 SUBSPACE_PARAMS = {**yaml.safe_load((PROJECT_ROOT / "conf/base/parameters_subspaces.yml").read_text())["subspaces"],
@@ -16,51 +19,38 @@ SUBSPACE_PARAMS = {**yaml.safe_load((PROJECT_ROOT / "conf/base/parameters_subspa
 EMOTIONS = ["gratitude", "anger", "apology"]
 
 
-def _activations(rng, n_layers=4, d=16, per_emotion=20):
-    emotions = [e for e in [*EMOTIONS, "neutral"] for _ in range(per_emotion)]
-    resid = rng.standard_normal((len(emotions), n_layers + 1, d)) * (0.3 * np.arange(1, n_layers + 2))[None, :, None]
-    for i, emotion in enumerate(EMOTIONS):
-        resid[np.array(emotions) == emotion, :, i] += 5.0  # emotion i shifts coordinate i
-    n = len(emotions)
-    return {"model": "synthetic", "n_layers": n_layers, "d_model": d, "ids": [f"p{i}" for i in range(n)],
-            "emotions": emotions, "splits": ["baseline"] * n,
-            "hook_names": ["blocks.0.hook_resid_pre"] + [f"blocks.{l}.hook_resid_post" for l in range(n_layers)],
-            "token_positions": {"trigger": np.ones(n, int), "sentence_end": np.full(n, 4)},
-            "resid": {"trigger": resid, "sentence_end": resid.copy()}}
-
-
 @pytest.fixture(scope="module")
 def directions():
-    activations = _activations(np.random.default_rng(0))
-    vectors, _ = subspace_nodes.compute_emotion_vectors(activations, SUBSPACE_PARAMS)
+    activations = planted_activations(np.random.default_rng(0))
+    vectors, _ = subspace_nodes.compute_emotion_vectors(activations, SUBSPACE_PARAMS, 0)
     subspaces = subspace_nodes.compute_emotion_subspaces(activations, SUBSPACE_PARAMS)
-    return activations, nodes.build_steering_directions(activations, vectors, subspaces, PARAMS)
+    return activations, nodes.build_steering_directions(activations, vectors, subspaces, PARAMS, 0)
 
 
 def test_every_direction_is_unit_norm_so_scaled_vectors_match_in_norm(directions):
     _, built = directions
-    assert sum(name.startswith("random/") for name in built["directions"]) == PARAMS["n_random"]
-    for name, direction in built["directions"].items():
+    assert sum(name.startswith("random/") for name in built.directions) == PARAMS["n_random"]
+    for name, direction in built.directions.items():
         np.testing.assert_allclose(np.linalg.norm(direction, axis=-1), 1.0, rtol=1e-5, err_msg=name)
     # α = 1 on any direction adds a vector as long as the typical residual at that hook
-    scaled = {n: d[2] * built["typical_norm"][2] for n, d in built["directions"].items()}
+    scaled = {n: d[2] * built.typical_norm[2] for n, d in built.directions.items()}
     norms = np.array([np.linalg.norm(v) for v in scaled.values()])
-    np.testing.assert_allclose(norms, built["typical_norm"][2], rtol=1e-5)
+    np.testing.assert_allclose(norms, built.typical_norm[2], rtol=1e-5)
 
 
 def test_emotion_directions_point_along_the_planted_shift(directions):
     _, built = directions
     for i, emotion in enumerate(EMOTIONS):
         for kind in ("trigger", "sentence_end", "subspace"):
-            direction = built["directions"][f"{kind}/{emotion}"][1:]  # after the embeddings
+            direction = built.directions[f"{kind}/{emotion}"][1:]  # after the embeddings
             assert np.all(direction[:, i] > 0.8), (kind, emotion)  # sign fixed, mostly coordinate i
 
 
 def test_typical_norm_is_the_median_neutral_residual_norm(directions):
     activations, built = directions
-    neutral = np.array(activations["emotions"]) == "neutral"
-    expected = np.median(np.linalg.norm(activations["resid"]["sentence_end"][neutral], axis=-1), axis=0)
-    np.testing.assert_allclose(built["typical_norm"], expected)
+    neutral = np.array(activations.emotions) == "neutral"
+    expected = np.median(np.linalg.norm(activations.resid["sentence_end"][neutral], axis=-1), axis=0)
+    np.testing.assert_allclose(built.typical_norm, expected)
 
 
 def test_plan_has_one_baseline_per_prompt_and_the_full_grid(directions):
@@ -68,11 +58,11 @@ def test_plan_has_one_baseline_per_prompt_and_the_full_grid(directions):
     prompts = pd.DataFrame({"prompt_id": ["n1", "n2", "r1"]})
     params = {**PARAMS, "alphas": [-0.5, 0, 0.5], "layers": [1, 3]}
     plan = nodes.plan_steering_sweep(prompts, built, params)
-    n_directions = len(built["directions"])
+    n_directions = len(built.directions)
     assert (plan.kind == "baseline").sum() == 3
     assert 0.0 not in set(plan[plan.kind != "baseline"].alpha)  # α = 0 is the baseline
     assert len(plan) == 3 * (1 + 2 * 2 * n_directions + 2 * len(EMOTIONS))
-    assert set(plan[plan.kind == "swap"].direction) <= {i for s in built["swap_sources"].values() for i in s["ids"]}
+    assert set(plan[plan.kind == "swap"].direction) <= {i for s in built.swap_sources.values() for i in s["ids"]}
     assert set(plan.hook_name) == {"", "blocks.1.hook_resid_post", "blocks.3.hook_resid_post"}
     assert resid_index("blocks.3.hook_resid_post") == 4
 
@@ -85,17 +75,17 @@ def test_layers_from_fractions_and_out_of_range_layers():
 
 def test_bad_parameters_are_named(directions):
     activations, _ = directions
-    vectors, _ = subspace_nodes.compute_emotion_vectors(activations, SUBSPACE_PARAMS)
+    vectors, _ = subspace_nodes.compute_emotion_vectors(activations, SUBSPACE_PARAMS, 0)
     subspaces = subspace_nodes.compute_emotion_subspaces(activations, SUBSPACE_PARAMS)
     with pytest.raises(ValueError, match="patching.vector_kinds"):
-        nodes.build_steering_directions(activations, vectors, subspaces, {**PARAMS, "vector_kinds": ["mlp"]})
+        nodes.build_steering_directions(activations, vectors, subspaces, {**PARAMS, "vector_kinds": ["mlp"]}, 0)
     with pytest.raises(ValueError, match="joy"):
-        nodes.build_steering_directions(activations, vectors, subspaces, {**PARAMS, "emotions": ["joy"]})
+        nodes.build_steering_directions(activations, vectors, subspaces, {**PARAMS, "emotions": ["joy"]}, 0)
     with pytest.raises(ValueError, match="different models"):
-        nodes.build_steering_directions(activations, {**vectors, "model": "other"}, subspaces, PARAMS)
+        nodes.build_steering_directions(activations, replace(vectors, model="other"), subspaces, PARAMS, 0)
     prompts = pd.DataFrame({"id": ["a"], "emotion": ["neutral"], "text": ["x"]})
     with pytest.raises(ValueError, match="patching.prompts asks for 2 neutral prompts; there are 1"):
-        nodes.select_steering_prompts(prompts, prompts, PARAMS)
+        nodes.select_steering_prompts(prompts, prompts, PARAMS, 0)
 
 
 def _synthetic_results(rng, gratitude_effect: float, n_prompts=12, n_random=20):

@@ -32,7 +32,8 @@ def test_a_missing_or_repeated_target_word_names_the_prompt():
     broken = copy.deepcopy(STIMULI)
     broken["words"][0]["clear"]["A"][2] = "We sat by the river all afternoon."
     broken["words"][0]["graded"][4]["text"] = "The bank by the bank."
-    with pytest.raises(PromptFileError, match=r"(?s)semantic_stimuli\.json has 2 problem.*bank_clear_A2.*bank_graded_4"):
+    with pytest.raises(PromptFileError,
+                       match=r"(?s)semantic_stimuli\.json has 2 problem.*bank_clear_A2.*bank_graded_4"):
         nodes.expand_stimuli(broken, PARAMS)
 
 

@@ -13,23 +13,27 @@ from emotion_circuits.models import (
     load_model,
     resolve_model,
 )
+from emotion_circuits.study import alias_from_key
 
 
 class LanguageModelDataset(AbstractDataset[None, LoadedModel]):
     """Loads `LoadedModel` for a registry alias, hub id or local path; loaded once per run.
 
-    Example catalog entry::
+    Give either the ``alias`` or the ``model_key`` (the namespace of a per-model pipeline, see
+    `emotion_circuits.study.model_key`). Example catalog entry::
 
-        model_a:
+        "{model}.language_model":
           type: emotion_circuits.datasets.LanguageModelDataset
-          alias: ${runtime_params:model_a, ${globals:model_a}}
-          device: auto
+          model_key: "{model}"
+          device: ${runtime_params:device, ${globals:device}}
           dtype: auto
     """
 
-    def __init__(self, alias: str, device: str = "auto", dtype: str = "auto",
-                 metadata: dict[str, Any] | None = None):
-        self.alias = alias
+    def __init__(self, alias: str | None = None, model_key: str | None = None, device: str = "auto",
+                 dtype: str = "auto", metadata: dict[str, Any] | None = None):
+        if (alias is None) == (model_key is None):
+            raise DatasetError("LanguageModelDataset needs exactly one of 'alias' and 'model_key'.")
+        self.alias = alias if alias is not None else alias_from_key(model_key)
         self.device = device
         self.dtype = dtype
         self.metadata = metadata

@@ -45,5 +45,6 @@ def score_texts(evaluators: Sequence[Evaluator], texts: Sequence[str]) -> pd.Dat
 
 
 __all__ = [
-    "Evaluator", "EvaluatorNotAvailableError", "HF_CLASSIFIERS", "OFFLINE_EVALUATORS", "build_evaluators", "score_texts",
+    "Evaluator", "EvaluatorNotAvailableError", "HF_CLASSIFIERS", "OFFLINE_EVALUATORS", "build_evaluators",
+    "score_texts",
 ]

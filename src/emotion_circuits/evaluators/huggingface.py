@@ -28,7 +28,9 @@ class HuggingFaceClassifier:
         self.name = name
         model_id = model_id or HF_CLASSIFIERS.get(name)
         if model_id is None:
-            raise EvaluatorNotAvailableError(f"Unknown evaluator '{name}'; Hugging Face ones: {sorted(HF_CLASSIFIERS)}.")
+            raise EvaluatorNotAvailableError(
+                f"Unknown evaluator '{name}'; Hugging Face ones: {sorted(HF_CLASSIFIERS)}."
+            )
         try:
             check_available(resolve_model(model_id))
         except ModelNotAvailableError as error:

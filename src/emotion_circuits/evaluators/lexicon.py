@@ -9,7 +9,9 @@ import numpy as np
 import pandas as pd
 
 _WORD = re.compile(r"[a-z']+")
-NRC_AFFECTS = ["anger", "anticipation", "disgust", "fear", "joy", "negative", "positive", "sadness", "surprise", "trust"]
+NRC_AFFECTS = [
+    "anger", "anticipation", "disgust", "fear", "joy", "negative", "positive", "sadness", "surprise", "trust",
+]
 
 
 def words(text: str) -> list[str]:
@@ -59,8 +61,10 @@ class PhraseCountEvaluator:
     def __init__(self, name: str, phrases: dict[str, list[str]]):
         self.name = name
         self.metrics = [f"{name}_{label}" for label in phrases]
-        self._patterns = {f"{name}_{label}": re.compile(r"\b(?:" + "|".join(re.escape(p.lower()) for p in items) + r")\b")
-                          for label, items in phrases.items()}
+        self._patterns = {
+            f"{name}_{label}": re.compile(r"\b(?:" + "|".join(re.escape(p.lower()) for p in items) + r")\b")
+            for label, items in phrases.items()
+        }
 
     def score(self, texts: Sequence[str]) -> pd.DataFrame:
         lengths = np.array([max(len(words(t)), 1) for t in texts])

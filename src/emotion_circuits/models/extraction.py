@@ -17,21 +17,12 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from emotion_circuits.models.architecture import mlp_output_module
 from emotion_circuits.models.loading import LoadedModel
 from emotion_circuits.models.padding import pad_right
 from emotion_circuits.models.positions import TokenizedPrompts
 
 logger = logging.getLogger(__name__)
-
-
-def resid_hook_names(n_layers: int) -> list[str]:
-    """TransformerLens names of the ``n_layers + 1`` residual-stream positions we store."""
-    return ["blocks.0.hook_resid_pre"] + [f"blocks.{layer}.hook_resid_post" for layer in range(n_layers)]
-
-
-def mlp_hook_names(n_layers: int) -> list[str]:
-    """TransformerLens names of the per-block MLP outputs."""
-    return [f"blocks.{layer}.hook_mlp_out" for layer in range(n_layers)]
 
 
 def extract_residuals(
@@ -116,7 +107,7 @@ class _PositionRecorder(contextlib.AbstractContextManager):
         for index, layer in enumerate(self._layers):
             self._handles.append(layer.register_forward_hook(self._keep_output(last=index == len(self._layers) - 1)))
             if self._include_mlp_out:
-                self._handles.append(_mlp_output_module(layer).register_forward_hook(self._keep_mlp))
+                self._handles.append(mlp_output_module(layer).register_forward_hook(self._keep_mlp))
         return self
 
     def __exit__(self, *exc):
@@ -156,10 +147,3 @@ class _PositionRecorder(contextlib.AbstractContextManager):
     def _keep_mlp(self, _module, _inputs, output):
         self._mlp.append(self._pick(output[0] if isinstance(output, tuple) else output))
 
-
-def _mlp_output_module(layer: torch.nn.Module) -> torch.nn.Module:
-    # Gemma-style blocks normalise the MLP output before adding it to the residual stream
-    for name in ("post_feedforward_layernorm", "mlp"):
-        if hasattr(layer, name):
-            return getattr(layer, name)
-    raise ValueError(f"No MLP module found in {type(layer).__name__}")

@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from emotion_circuits.models import architecture
 from emotion_circuits.models.availability import check_available
 from emotion_circuits.models.registry import ModelNotAvailableError, ModelSpec, resolve_model
 
@@ -66,8 +67,8 @@ class LoadedModel:
 
     @property
     def decoder_layers(self) -> torch.nn.ModuleList:
-        """The list of transformer blocks inside ``hf_model`` (``layers``, ``h``, ...)."""
-        return find_decoder_layers(self.hf_model)
+        """The transformer blocks of ``hf_model``, in order (see `architecture.decoder_layers`)."""
+        return architecture.decoder_layers(self.hf_model)
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -114,22 +115,12 @@ def load_model(name: str, device: str = "auto", dtype: str = "auto") -> LoadedMo
     else:
         model_dir = spec.location
     hf_model, tokenizer = _load_pretrained(model_dir, spec, torch_device, torch_dtype)
-    config = hf_model.config.get_text_config() if hasattr(hf_model.config, "get_text_config") else hf_model.config
+    config = architecture.text_config(hf_model)
     return LoadedModel(
         alias=spec.alias, hf_model=hf_model, tokenizer=tokenizer,
         n_layers=int(config.num_hidden_layers), d_model=int(config.hidden_size),
         device=torch_device, dtype=torch_dtype, spec=spec,
     )
-
-
-def find_decoder_layers(hf_model: torch.nn.Module) -> torch.nn.ModuleList:
-    """Returns the ModuleList of transformer blocks of any HF causal LM."""
-    config = hf_model.config.get_text_config() if hasattr(hf_model.config, "get_text_config") else hf_model.config
-    n_layers = config.num_hidden_layers
-    for module in hf_model.base_model.modules():
-        if isinstance(module, torch.nn.ModuleList) and len(module) == n_layers:
-            return module
-    raise ValueError(f"No list of {n_layers} blocks found in {type(hf_model).__name__}.")
 
 
 def _load_pretrained(model_dir: str, spec: ModelSpec, device: torch.device, dtype: torch.dtype):

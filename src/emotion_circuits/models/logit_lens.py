@@ -5,15 +5,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from emotion_circuits.models.architecture import final_norm, unembedding
 from emotion_circuits.models.loading import LoadedModel
-
-
-def final_norm(hf_model: torch.nn.Module) -> torch.nn.Module:
-    """The norm applied before the unembedding (``norm``, ``ln_f`` or ``final_layer_norm``)."""
-    for name in ("norm", "ln_f", "final_layer_norm"):
-        if hasattr(hf_model.base_model, name):
-            return getattr(hf_model.base_model, name)
-    raise ValueError(f"No final norm found in {type(hf_model).__name__}")
 
 
 def first_token_ids(model: LoadedModel, words: list[str]) -> list[int]:
@@ -21,7 +14,9 @@ def first_token_ids(model: LoadedModel, words: list[str]) -> list[int]:
     return [model.tokenizer(" " + w, add_special_tokens=False).input_ids[0] for w in words]
 
 
-def token_log_probs(model: LoadedModel, resid: np.ndarray, token_ids: np.ndarray, rows_per_batch: int = 64) -> np.ndarray:
+def token_log_probs(
+    model: LoadedModel, resid: np.ndarray, token_ids: np.ndarray, rows_per_batch: int = 64
+) -> np.ndarray:
     """Log-probabilities the logit lens gives chosen tokens, at every layer.
 
     Args:
@@ -36,7 +31,7 @@ def token_log_probs(model: LoadedModel, resid: np.ndarray, token_ids: np.ndarray
     n, n_positions, d = resid.shape
     flat = torch.from_numpy(resid.reshape(-1, d))
     ids = torch.from_numpy(np.repeat(np.asarray(token_ids), n_positions, axis=0))
-    norm, unembed = final_norm(model.hf_model), model.hf_model.get_output_embeddings()
+    norm, unembed = final_norm(model.hf_model), unembedding(model.hf_model)
     out = []
     with torch.inference_mode():
         for start in range(0, len(flat), rows_per_batch):

@@ -1,5 +1,5 @@
-"""Residual-stream activations of model A and model B at trigger and sentence-end tokens."""
+"""Residual-stream activations of each model at trigger and sentence-end tokens."""
 
-from emotion_circuits.pipelines.activations.pipeline import create_pipeline
+from emotion_circuits.pipelines.activations.pipeline import template
 
-__all__ = ["create_pipeline"]
+__all__ = ["template"]

@@ -1,13 +1,13 @@
-"""The activations pipeline: one extraction node per model (A and B)."""
+"""The activations pipeline: one extraction node, instantiated per model by the registry."""
 
 from kedro.pipeline import Pipeline, node
 
 from emotion_circuits.pipelines.activations.nodes import extract_activations
 
 
-def create_pipeline(**kwargs) -> Pipeline:
+def template() -> Pipeline:
+    """Per-model template: ``language_model`` → ``activations`` (namespaced by the model key)."""
     return Pipeline([
-        node(extract_activations, [f"model_{side}", "emotion_prompts", "params:activations"],
-             f"activations_{side}", name=f"extract_activations_{side}")
-        for side in ("a", "b")
+        node(extract_activations, ["language_model", "emotion_prompts", "params:activations"], "activations",
+             name="extract_activations", tags=["emotion"]),
     ])

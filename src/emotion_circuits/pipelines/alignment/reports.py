@@ -21,7 +21,8 @@ def summarise_alignment(alignment_results: pd.DataFrame, direction_alignment: pd
     at_k = alignment_results[alignment_results.k == k]
     groups = []
     for (position, method), part in at_k.groupby(["position", "method"]):
-        directions = direction_alignment[(direction_alignment.position == position) & (direction_alignment.method == method)]
+        directions = direction_alignment[(direction_alignment.position == position)
+                                         & (direction_alignment.method == method)]
         groups.append({
             "position": position, "method": method, "n_cells": len(part),
             "median_overlap_after": float(part.overlap_after.median()),
@@ -77,7 +78,8 @@ def check_seed_claims(alignment_results: pd.DataFrame, direction_alignment: pd.D
     for name, similarity in [("A", similarity_a), ("B", similarity_b)]:
         cosines = similarity[similarity.measure == "vector_cosine"].groupby("position").value.mean()
         end, trig = cosines.get("sentence_end", np.nan), cosines.get("trigger", np.nan)
-        rows.append((f"Model {name} ({similarity.model.iloc[0]}): emotion vectors at sentence end nearly collinear (~0.99), trigger resolves",
+        rows.append((f"Model {name} ({similarity.model.iloc[0]}): emotion vectors at sentence end nearly collinear "
+                     "(~0.99), trigger resolves",
                      "~0.99 vs lower", f"sentence_end {end:.3f}, trigger {trig:.3f}", "",
                      bool(end > 0.95 and trig < end), "mean pairwise cosine over layers"))
     return pd.DataFrame(rows, columns=["claim", "seed_value", "measured", "null", "holds", "detail"]).assign(

@@ -110,8 +110,8 @@ def summarise_prompts(emotion_prompts: pd.DataFrame, real_world_prompts: pd.Data
         (a small p means the neutral prompts are not length-matched).
     """
     tables = []
-    for name, df in [("emotion_prompts", emotion_prompts), ("real_world_prompts", real_world_prompts)]:
-        df = df.assign(split=df.get("split", "all"))
+    for name, prompts in [("emotion_prompts", emotion_prompts), ("real_world_prompts", real_world_prompts)]:
+        df = prompts.assign(split=prompts.get("split", "all"))
         summary = df.groupby(["emotion", "split"])["n_words"].agg(["count", "mean", "median", "min", "max"])
         summary = summary.rename(columns=lambda c: "n" if c == "count" else f"words_{c}").reset_index()
         summary["length_vs_neutral_p"] = [

@@ -1,5 +1,5 @@
 """Multi-token steering: emotion and random directions added while the model writes, scored by evaluators."""
 
-from emotion_circuits.pipelines.patching.pipeline import create_pipeline
+from emotion_circuits.pipelines.patching.pipeline import shared_pipeline, template
 
-__all__ = ["create_pipeline"]
+__all__ = ["shared_pipeline", "template"]

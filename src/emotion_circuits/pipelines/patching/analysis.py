@@ -14,6 +14,7 @@ import pandas as pd
 from scipy import stats
 
 from emotion_circuits.pipelines.patching.nodes import PLAN_COLUMNS
+from emotion_circuits.statistics import bh
 
 _NOT_METRICS = {*PLAN_COLUMNS, "model", "text", "n_new_tokens", "source", "prompt_emotion"}
 CELL = ["layer", "hook_name", "alpha"]
@@ -87,7 +88,7 @@ def compare_with_random(results: pd.DataFrame, params: dict[str, Any]) -> pd.Dat
     table["z"] = (table.observed_delta - table.random_mean) / table.random_sd
     t_score = sign * table.z / np.sqrt(1 + 1 / table.n_random)
     table["p_prediction"] = stats.t.sf(t_score, table.n_random - 1)
-    table["q_bh"] = table.groupby("metric").p_prediction.transform(_bh)
+    table["q_bh"] = table.groupby("metric").p_prediction.transform(bh)
     table["beyond_random_range"] = np.where(sign > 0, table.observed_delta > table.random_max,
                                             table.observed_delta < table.random_min)
     targets = params["target_metrics"]
@@ -119,12 +120,3 @@ def patching_verdict(comparison: pd.DataFrame, params: dict[str, Any]) -> pd.Dat
             "best_q_bh": best.q_bh, "moved_beyond_random": bool((group.q_bh < level).any()),
         })
     return pd.DataFrame(rows)
-
-
-def _bh(p_values: pd.Series) -> np.ndarray:
-    """Benjamini–Hochberg q values; NaN p values (no spread among random directions) stay NaN."""
-    q = np.full(len(p_values), np.nan)
-    finite = p_values.notna().to_numpy()
-    if finite.any():
-        q[finite] = stats.false_discovery_control(p_values.to_numpy()[finite], method="bh")
-    return q

@@ -14,11 +14,18 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from emotion_circuits.activation_sets import usable_rows
+from emotion_circuits.contracts import (
+    Activations,
+    EmotionSubspaces,
+    EmotionVectors,
+    SteeringDirections,
+    check_same_model,
+)
 from emotion_circuits.evaluators import build_evaluators, score_texts
 from emotion_circuits.models.loading import LoadedModel
 from emotion_circuits.models.perplexity import continuation_perplexity
 from emotion_circuits.models.steering import Steering, resid_index, steered_generate
+from emotion_circuits.statistics import rng
 
 logger = logging.getLogger(__name__)
 
@@ -27,7 +34,7 @@ PLAN_COLUMNS = ["prompt_id", "kind", "emotion", "direction", "layer", "hook_name
 
 
 def select_steering_prompts(emotion_prompts: pd.DataFrame, real_world_prompts: pd.DataFrame,
-                            params: dict[str, Any]) -> pd.DataFrame:
+                            params: dict[str, Any], seed: int) -> pd.DataFrame:
     """A seeded sample of neutral prompts and real-world texts to steer.
 
     Returns:
@@ -35,46 +42,46 @@ def select_steering_prompts(emotion_prompts: pd.DataFrame, real_world_prompts: p
     """
     counts = params["prompts"]
     neutral = emotion_prompts[emotion_prompts.emotion == "neutral"]
-    picked = [_sample(neutral, counts["n_neutral"], params["seed"], "neutral prompts").assign(source="neutral"),
-              _sample(real_world_prompts, counts["n_real_world"], params["seed"], "real-world texts")
+    picked = [_sample(neutral, counts["n_neutral"], seed, "neutral prompts").assign(source="neutral"),
+              _sample(real_world_prompts, counts["n_real_world"], seed, "real-world texts")
               .assign(source="real_world")]
     table = pd.concat(picked, ignore_index=True)
     return table.rename(columns={"id": "prompt_id", "emotion": "prompt_emotion"})[
         ["prompt_id", "source", "prompt_emotion", "text"]]
 
 
-def build_steering_directions(activations: dict, emotion_vectors: dict, emotion_subspaces: dict,
-                              params: dict[str, Any]) -> dict:
+def build_steering_directions(activations: Activations, emotion_vectors: EmotionVectors,
+                              emotion_subspaces: EmotionSubspaces, params: dict[str, Any],
+                              seed: int) -> SteeringDirections:
     """Unit steering directions per layer, the typical residual norms, and swap sources.
 
     Args:
-        activations: the model's ``activations_*`` (typical norms and swap residuals).
-        emotion_vectors: ``emotion_vectors_*`` (trigger and sentence-end mean differences).
-        emotion_subspaces: ``emotion_subspaces_*`` (``subspace`` directions).
+        activations: the model's activations (typical norms and swap residuals).
+        emotion_vectors: trigger and sentence-end mean differences.
+        emotion_subspaces: for the ``subspace`` directions.
         params: the ``patching`` group.
+        seed: the project seed (random directions, swap sources).
 
     Returns:
-        ``{"model", "hook_names", "typical_norm": float[n_layers + 1], "directions": {name:
-        float32[n_layers + 1, d_model]} (unit norm per layer; names ``trigger/anger``,
-        ``subspace/anger``, ``random/07``), "swap_sources": {emotion: {"ids": [...], "resid":
-        float32[n_sources, n_layers + 1, d_model]}}}``.
+        `SteeringDirections`: ``typical_norm`` ``[n_layers + 1]``, unit ``directions`` ``[n_layers +
+        1, d_model]`` named ``trigger/anger``, ``subspace/anger``, ``random/07``, and swap sources.
     """
-    _check_same_model(activations, emotion_vectors, emotion_subspaces)
-    rng = np.random.default_rng(params["seed"])
-    n_positions, d_model = activations["resid"]["sentence_end"].shape[1:]
+    check_same_model(activations, emotion_vectors, emotion_subspaces)
+    random_rng = rng(seed, "patching.random_directions")
+    n_positions, d_model = activations.resid["sentence_end"].shape[1:]
     directions = {}
     for kind in params["vector_kinds"]:
         for emotion in params["emotions"]:
             directions[f"{kind}/{emotion}"] = _unit(_emotion_direction(kind, emotion, emotion_vectors,
                                                                        emotion_subspaces, params))
     for j in range(params["n_random"]):
-        directions[f"random/{j:02d}"] = _unit(rng.standard_normal((n_positions, d_model)))
-    return {"model": activations["model"], "hook_names": activations["hook_names"],
-            "typical_norm": _typical_norm(activations), "directions": directions,
-            "swap_sources": _swap_sources(activations, params, rng)}
+        directions[f"random/{j:02d}"] = _unit(random_rng.standard_normal((n_positions, d_model)))
+    return SteeringDirections(model=activations.model, hook_names=activations.hook_names,
+                              typical_norm=_typical_norm(activations), directions=directions,
+                              swap_sources=_swap_sources(activations, params, rng(seed, "patching.swap_sources")))
 
 
-def plan_steering_sweep(steering_prompts: pd.DataFrame, steering_directions: dict,
+def plan_steering_sweep(steering_prompts: pd.DataFrame, steering_directions: SteeringDirections,
                         params: dict[str, Any]) -> pd.DataFrame:
     """One row per generation: the baseline, layer × α × direction, and swap patching.
 
@@ -86,7 +93,7 @@ def plan_steering_sweep(steering_prompts: pd.DataFrame, steering_directions: dic
         emotion ("" for baseline and random), direction (a direction name or a swap source id),
         layer (block index, -1 for the baseline), hook_name, alpha.
     """
-    n_layers = len(steering_directions["hook_names"]) - 1
+    n_layers = len(steering_directions.hook_names) - 1
     layers = steering_layers(params, n_layers)
     hooks = [f"blocks.{layer}.hook_{params['hook']}" for layer in layers]
     alphas = [float(a) for a in params["alphas"] if a != 0]
@@ -94,11 +101,11 @@ def plan_steering_sweep(steering_prompts: pd.DataFrame, steering_directions: dic
     for prompt_number, prompt_id in enumerate(steering_prompts.prompt_id):
         rows.append((prompt_id, "baseline", "", "", -1, "", 0.0))
         for layer, hook in zip(layers, hooks):
-            for name in steering_directions["directions"]:
+            for name in steering_directions.directions:
                 kind, label = name.split("/")
                 emotion = "" if kind == "random" else label
                 rows += [(prompt_id, kind, emotion, name, layer, hook, alpha) for alpha in alphas]
-            for emotion, sources in steering_directions["swap_sources"].items():
+            for emotion, sources in steering_directions.swap_sources.items():
                 source = sources["ids"][prompt_number % len(sources["ids"])]
                 rows.append((prompt_id, "swap", emotion, source, layer, hook, float(params["swap"]["alpha"])))
     plan = pd.DataFrame(rows, columns=PLAN_COLUMNS)
@@ -108,15 +115,15 @@ def plan_steering_sweep(steering_prompts: pd.DataFrame, steering_directions: dic
 
 
 def generate_steered(model: LoadedModel, steering_prompts: pd.DataFrame, steering_plan: pd.DataFrame,
-                     steering_directions: dict, params: dict[str, Any]) -> pd.DataFrame:
+                     steering_directions: SteeringDirections, params: dict[str, Any], seed: int) -> pd.DataFrame:
     """Runs every planned generation, batching rows that share a hook and mode.
 
     Returns:
         The plan with ``prompt_ids`` (the prompt's token ids), ``generated_ids`` and ``text`` (the
         generated continuation only).
     """
-    if steering_directions["model"] != model.alias:
-        raise ValueError(f"Steering directions come from {steering_directions['model']!r}, "
+    if steering_directions.model != model.alias:
+        raise ValueError(f"Steering directions come from {steering_directions.model!r}, "
                          f"but the model is {model.alias!r}.")
     texts = steering_prompts.set_index("prompt_id").text
     prompt_ids = dict(zip(texts.index, model.tokenizer(texts.tolist()).input_ids))
@@ -127,7 +134,7 @@ def generate_steered(model: LoadedModel, steering_prompts: pd.DataFrame, steerin
         rows = group.index.to_numpy()
         out = steered_generate(model, [prompt_ids[p] for p in group.prompt_id], steering, vectors,
                                group.alpha.to_numpy(), batch_size=params["generation"]["batch_size"],
-                               **_sampling(params), max_new_tokens=params["generation"]["max_new_tokens"],
+                               **_sampling(params, seed), max_new_tokens=params["generation"]["max_new_tokens"],
                                share_prompt_prefix=True)
         for row, ids in zip(rows, out):
             generated[row] = ids
@@ -167,14 +174,14 @@ def steering_layers(params: dict[str, Any], n_layers: int) -> list[int]:
     return layers
 
 
-def _group_steering(hook: str, is_swap: bool, group: pd.DataFrame, steering_directions: dict,
+def _group_steering(hook: str, is_swap: bool, group: pd.DataFrame, steering_directions: SteeringDirections,
                     params: dict[str, Any]) -> tuple[Steering | None, np.ndarray | None]:
     """The `Steering` and per-row vectors for rows sharing a hook and mode (None for the baseline)."""
     if not hook:
         return None, None
     index = resid_index(hook)
     if is_swap:
-        sources = {sid: resid[index] for s in steering_directions["swap_sources"].values()
+        sources = {sid: resid[index] for s in steering_directions.swap_sources.values()
                    for sid, resid in zip(s["ids"], s["resid"])}
         # the swapped-in residual replaces the last prompt token only
         steering = Steering(hook, prompt_tokens=1, generated_tokens=0, mode="swap")
@@ -182,53 +189,53 @@ def _group_steering(hook: str, is_swap: bool, group: pd.DataFrame, steering_dire
     window, schedule = params["window"], params["schedule"]
     steering = Steering(hook, prompt_tokens=window["prompt_tokens"], generated_tokens=window["generated_tokens"],
                         schedule=schedule["kind"], decay_rate=schedule["decay_rate"], ramp_steps=schedule["ramp_steps"])
-    scale = steering_directions["typical_norm"][index]
-    return steering, np.stack([steering_directions["directions"][d][index] * scale for d in group.direction])
+    scale = steering_directions.typical_norm[index]
+    return steering, np.stack([steering_directions.directions[d][index] * scale for d in group.direction])
 
 
-def _sampling(params: dict[str, Any]) -> dict[str, Any]:
+def _sampling(params: dict[str, Any], seed: int) -> dict[str, Any]:
     generation = params["generation"]
     return {"do_sample": generation["do_sample"], "temperature": generation["temperature"],
-            "top_p": generation["top_p"], "seed": params["seed"]}
+            "top_p": generation["top_p"], "seed": seed}
 
 
-def _emotion_direction(kind: str, emotion: str, emotion_vectors: dict, emotion_subspaces: dict,
+def _emotion_direction(kind: str, emotion: str, emotion_vectors: EmotionVectors, emotion_subspaces: EmotionSubspaces,
                        params: dict[str, Any]) -> np.ndarray:
     """``[n_layers + 1, d_model]`` direction of one kind for one emotion (not normalised)."""
     if kind not in EMOTION_KINDS:
         raise ValueError(f"Parameter patching.vector_kinds has {kind!r}; choose from {EMOTION_KINDS}.")
     position = params["subspace_position"] if kind == "subspace" else kind
-    by_emotion = emotion_vectors["vectors"].get(position, {})
+    by_emotion = emotion_vectors.vectors.get(position, {})
     if emotion not in by_emotion:
-        raise ValueError(f"emotion_vectors of {emotion_vectors['model']} have no {position!r} vector for "
+        raise ValueError(f"emotion_vectors of {emotion_vectors.model} have no {position!r} vector for "
                          f"{emotion!r} (parameter patching.emotions / vector_kinds).")
     if kind != "subspace":
         return by_emotion[emotion]
-    basis = emotion_subspaces["bases"][position][emotion][:, :, params["subspace_component"]]
+    basis = emotion_subspaces.bases[position][emotion][:, :, params["subspace_component"]]
     # eigenvectors have arbitrary sign: point each layer's direction along the emotion's mean shift
     signs = np.sign(np.einsum("ld,ld->l", basis, by_emotion[emotion]))
     return basis * np.where(signs == 0, 1, signs)[:, None]
 
 
-def _typical_norm(activations: dict) -> np.ndarray:
+def _typical_norm(activations: Activations) -> np.ndarray:
     """``[n_layers + 1]`` median residual norm of the neutral prompts at their last token."""
-    neutral = np.asarray(activations["emotions"]) == "neutral"
-    keep = neutral & usable_rows(activations, "sentence_end")
-    return np.median(np.linalg.norm(activations["resid"]["sentence_end"][keep], axis=-1), axis=0)
+    neutral = np.asarray(activations.emotions) == "neutral"
+    keep = neutral & activations.usable_rows("sentence_end")
+    return np.median(np.linalg.norm(activations.resid["sentence_end"][keep], axis=-1), axis=0)
 
 
-def _swap_sources(activations: dict, params: dict[str, Any], rng: np.random.Generator) -> dict:
+def _swap_sources(activations: Activations, params: dict[str, Any], source_rng: np.random.Generator) -> dict:
     """Sentence-end residuals of a few seeded emotion prompts per emotion (swap patching)."""
     if not params["swap"]["enabled"]:
         return {}
-    emotions = np.asarray(activations["emotions"])
-    keep = usable_rows(activations, "sentence_end")
+    emotions = np.asarray(activations.emotions)
+    keep = activations.usable_rows("sentence_end")
     sources = {}
     for emotion in params["emotions"]:
         rows = np.flatnonzero(keep & (emotions == emotion))
-        rows = rng.choice(rows, size=min(params["swap"]["n_sources"], len(rows)), replace=False)
-        sources[emotion] = {"ids": [activations["ids"][r] for r in rows],
-                            "resid": activations["resid"]["sentence_end"][rows]}
+        rows = source_rng.choice(rows, size=min(params["swap"]["n_sources"], len(rows)), replace=False)
+        sources[emotion] = {"ids": [activations.ids[r] for r in rows],
+                            "resid": activations.resid["sentence_end"][rows]}
     return sources
 
 
@@ -252,9 +259,3 @@ def _sample(table: pd.DataFrame, n: int, seed: int, what: str) -> pd.DataFrame:
     if n > len(table):
         raise ValueError(f"Parameter patching.prompts asks for {n} {what}; there are {len(table)}.")
     return table.sample(n=n, random_state=seed).reset_index(drop=True)
-
-
-def _check_same_model(*artifacts: dict) -> None:
-    models = {a["model"] for a in artifacts}
-    if len(models) > 1:
-        raise ValueError(f"Activations, emotion vectors and subspaces come from different models: {sorted(models)}")

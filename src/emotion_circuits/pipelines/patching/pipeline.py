@@ -1,44 +1,39 @@
-"""The patching pipeline: the same steering sweep for model A and model B."""
+"""The patching pipeline: the steering sweep, instantiated per model by the registry."""
 
 from kedro.pipeline import Pipeline, node
 
 from emotion_circuits.pipelines.patching import analysis, nodes, plots
-from emotion_circuits.pipelines.subspaces import create_pipeline as subspaces_pipeline
 
 
-def create_pipeline(**kwargs) -> Pipeline:
-    """Includes the subspaces nodes (seconds), so `--pipelines=patching` needs only the activations."""
-    shared = Pipeline([
-        node(nodes.select_steering_prompts, ["emotion_prompts", "real_world_prompts", "params:patching"],
+def shared_pipeline() -> Pipeline:
+    """The prompts every model is steered on (one seeded sample for all models)."""
+    return Pipeline([
+        node(nodes.select_steering_prompts, ["emotion_prompts", "real_world_prompts", "params:patching", "params:seed"],
              "steering_prompts", name="select_steering_prompts"),
-    ])
-    return subspaces_pipeline() + shared + Pipeline([n for side in ("a", "b") for n in _nodes_for(side)])
+    ], tags=["emotion"])
 
 
-def _nodes_for(side: str) -> list:
+def template() -> Pipeline:
+    """Per-model template: directions from the model's activations, vectors and subspaces; the sweep; scores."""
     params = "params:patching"
-    return [
-        node(nodes.build_steering_directions, [f"activations_{side}", f"emotion_vectors_{side}",
-                                               f"emotion_subspaces_{side}", params],
-             f"steering_directions_{side}", name=f"build_steering_directions_{side}"),
-        node(nodes.plan_steering_sweep, ["steering_prompts", f"steering_directions_{side}", params],
-             f"steering_plan_{side}", name=f"plan_steering_sweep_{side}"),
-        node(nodes.generate_steered, [f"model_{side}", "steering_prompts", f"steering_plan_{side}",
-                                      f"steering_directions_{side}", params],
-             f"steered_generations_{side}", name=f"generate_steered_{side}"),
-        node(nodes.score_generations, [f"model_{side}", f"steered_generations_{side}", "evaluator_prototypes",
-                                       "evaluator_lexicons", params],
-             f"patching_results_{side}", name=f"score_generations_{side}"),
-        node(analysis.summarise_patching, f"patching_results_{side}", f"patching_summary_{side}",
-             name=f"summarise_patching_{side}"),
-        node(analysis.compare_with_random, [f"patching_results_{side}", params], f"patching_vs_random_{side}",
-             name=f"compare_with_random_{side}"),
-        node(analysis.patching_verdict, [f"patching_vs_random_{side}", params], f"patching_verdict_{side}",
-             name=f"patching_verdict_{side}"),
-        node(plots.plot_heatmaps, [f"patching_summary_{side}", params], f"patching_heatmap_figure_{side}",
-             name=f"plot_patching_heatmaps_{side}"),
-        node(plots.plot_effect_violins, [f"patching_results_{side}", params], f"patching_violin_figure_{side}",
-             name=f"plot_effect_violins_{side}"),
-        node(plots.plot_kind_comparison, [f"patching_vs_random_{side}", params],
-             f"trigger_vs_sentence_end_figure_{side}", name=f"plot_kind_comparison_{side}"),
-    ]
+    return Pipeline([
+        node(nodes.build_steering_directions, ["activations", "emotion_vectors", "emotion_subspaces", params,
+                                               "params:seed"], "steering_directions",
+             name="build_steering_directions"),
+        node(nodes.plan_steering_sweep, ["steering_prompts", "steering_directions", params], "steering_plan",
+             name="plan_steering_sweep"),
+        node(nodes.generate_steered, ["language_model", "steering_prompts", "steering_plan", "steering_directions",
+                                      params, "params:seed"], "steered_generations", name="generate_steered"),
+        node(nodes.score_generations, ["language_model", "steered_generations", "evaluator_prototypes",
+                                       "evaluator_lexicons", params], "patching_results", name="score_generations"),
+        node(analysis.summarise_patching, "patching_results", "patching_summary", name="summarise_patching"),
+        node(analysis.compare_with_random, ["patching_results", params], "patching_vs_random",
+             name="compare_with_random"),
+        node(analysis.patching_verdict, ["patching_vs_random", params], "patching_verdict", name="patching_verdict"),
+        node(plots.plot_heatmaps, ["patching_summary", params], "patching_heatmap_figure",
+             name="plot_patching_heatmaps"),
+        node(plots.plot_effect_violins, ["patching_results", params], "patching_violin_figure",
+             name="plot_effect_violins"),
+        node(plots.plot_kind_comparison, ["patching_vs_random", params], "trigger_vs_sentence_end_figure",
+             name="plot_kind_comparison"),
+    ], tags=["emotion"])

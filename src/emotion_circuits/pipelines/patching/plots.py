@@ -70,7 +70,8 @@ def plot_kind_comparison(comparison: pd.DataFrame, params: dict[str, Any]) -> pl
             ax = axes[row, column]
             cells = part[(part.emotion == emotion) & (part.alpha == alpha)]
             band = cells.drop_duplicates("layer").sort_values("layer")
-            ax.fill_between(band.layer, band.random_q025, band.random_q975, color="grey", alpha=0.3, label="random 95 %")
+            ax.fill_between(band.layer, band.random_q025, band.random_q975, color="grey", alpha=0.3,
+                            label="random 95 %")
             for kind, group in cells.groupby("kind", sort=False):
                 ax.plot(group.layer, group.observed_delta, marker="o", label=kind)
             ax.axhline(0, color="grey", lw=0.8)

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+from itertools import combinations
 from typing import Any
 
 import numpy as np
 import pandas as pd
-
 from joblib import Parallel, delayed
 
 from emotion_circuits.order_parameter import on_relative_depth_grid, rank_one_decomposition, susceptibility
@@ -24,7 +24,8 @@ def fit_phase_curves(order_parameters: pd.DataFrame, params: dict[str, Any]) -> 
     curves = order_parameters[order_parameters.kind.isin(kinds) & (order_parameters.h != 0)]
     groups = list(curves.groupby(["model", "word", "id"], sort=False))
     # curves are independent and each takes ~0.5 s of multi-start fitting
-    rows = Parallel(n_jobs=params["n_jobs"])(delayed(_fit_row)(key, curve, params["sigma_column"]) for key, curve in groups)
+    rows = Parallel(n_jobs=params["n_jobs"])(delayed(_fit_row)(key, curve, params["sigma_column"])
+                                             for key, curve in groups)
     return pd.DataFrame(rows)
 
 
@@ -38,7 +39,8 @@ def _fit_row(key: tuple, curve: pd.DataFrame, sigma_column: str) -> dict:
     for name, fit in fits.items():
         row.update({f"{name}_{k}": v for k, v in fit.params.items()})
         row.update({f"{name}_{k}_se": v for k, v in fit.stderr.items()})
-        row.update({f"{name}_r2": fit.r2, f"{name}_aic": fit.aic, f"{name}_bic": fit.bic, f"{name}_converged": fit.converged})
+        row.update({f"{name}_r2": fit.r2, f"{name}_aic": fit.aic, f"{name}_bic": fit.bic,
+                    f"{name}_converged": fit.converged})
     return row
 
 
@@ -61,7 +63,8 @@ def compute_susceptibility(order_parameters: pd.DataFrame, phase_fits: pd.DataFr
         peak = int(np.argmax(chi))
         word_l_c = l_c.get((model, rows.word.iloc[0]), np.nan)
         tables.append(pd.DataFrame({"model": model, "word": rows.word.iloc[0], "id": prompt, "layer": rows.layer,
-                                    "chi": chi, "peak_layer": peak, "l_c": word_l_c, "peak_minus_l_c": peak - word_l_c}))
+                                    "chi": chi, "peak_layer": peak, "l_c": word_l_c,
+                                    "peak_minus_l_c": peak - word_l_c}))
     return pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
 
 
@@ -77,7 +80,8 @@ def fit_universal_function(order_parameters: pd.DataFrame, params: dict[str, Any
     Returns:
         Per model: f_max per word, g per layer and on a common l/L grid, the rank-1 share, the
         correlation of each word's own curve with g, the last-layer change of g, the R² of a
-        straight line through g below l/L = 0.85, and the correlation of g across models.
+        straight line through g below l/L = 0.85, and the correlation of g for every pair of models
+        (``g_correlation_across_models``: the smallest).
     """
     graded = order_parameters[(order_parameters.kind == "graded") & (order_parameters.h != 0)]
     result, grids = {"models": {}}, {}
@@ -97,9 +101,11 @@ def fit_universal_function(order_parameters: pd.DataFrame, params: dict[str, Any
             "g_correlation_min": float(min(per_word.values())), "last_layer_change": float(g[-1] - g[-2]),
             "linear_r2_below_0.85": float(1 - residual.var() / g[below].var()) if g[below].var() > 0 else np.nan,
         }
-    names = list(grids)
-    result["g_correlation_across_models"] = (float(np.corrcoef(grids[names[0]], grids[names[1]])[0, 1])
-                                             if len(names) == 2 else None)
+    pairs = {f"{first} vs {second}": float(np.corrcoef(grids[first], grids[second])[0, 1])
+             for first, second in combinations(grids, 2)}
+    result["g_correlation_by_model_pair"] = pairs
+    # the weakest pair decides whether g is shared by all models
+    result["g_correlation_across_models"] = min(pairs.values()) if pairs else None
     result["grid"] = np.linspace(0, 1, params["grid_points"]).round(4).tolist()
     return result
 
@@ -120,20 +126,23 @@ def evaluate_phase_criteria(phase_fits: pd.DataFrame, susceptibility_table: pd.D
         peaks = susceptibility_table[susceptibility_table.model == model].drop_duplicates("id").peak_minus_l_c.abs()
         l_c_ratio[model] = float((fits.tanh_l_c / fits.n_layers)[fits.tanh_converged].median())
         u = universal["models"].get(model, {})
+        two_stage = (fits.preferred == "two_stage").mean()
+        g_correlation = u.get("g_correlation_mean", np.nan)
         rows += [
-            (model, "median largest σ jump between adjacent layers", fits.largest_jump.median(), "> 0.1", fits.largest_jump.median() > 0.1, "plan"),
+            (model, "median largest σ jump between adjacent layers", fits.largest_jump.median(), "> 0.1",
+             fits.largest_jump.median() > 0.1, "plan"),
             (model, "median Landau R²", fits.landau_r2.median(), "> 0.9", fits.landau_r2.median() > 0.9, "plan"),
             (model, "std(β) / mean(β)", beta.std() / beta.mean(), "< 0.3", beta.std() / beta.mean() < 0.3, "plan"),
             (model, "median |χ peak − l_c| (layers)", peaks.median(), "< 2", peaks.median() < 2, "plan"),
-            (model, "share of curves where two-stage is preferred (BIC)", (fits.preferred == "two_stage").mean(), "> 0.5",
-             (fits.preferred == "two_stage").mean() > 0.5, "notes"),
-            (model, "mean correlation of each word's curve with g", u.get("g_correlation_mean", np.nan), "> 0.96",
-             u.get("g_correlation_mean", 0) > 0.96, "notes"),
+            (model, "share of curves where two-stage is preferred (BIC)", two_stage, "> 0.5", two_stage > 0.5, "notes"),
+            (model, "mean correlation of each word's curve with g", g_correlation, "> 0.96", g_correlation > 0.96,
+             "notes"),
         ]
-    ratios = np.array(list(l_c_ratio.values()))
-    rows.append(("all", "variance of median l_c/L across models", float(ratios.var()), "< 0.1", float(ratios.var()) < 0.1, "plan"))
+    variance = float(np.array(list(l_c_ratio.values())).var())
+    rows.append(("all", "variance of median l_c/L across models", variance, "< 0.1", variance < 0.1, "plan"))
     across = universal.get("g_correlation_across_models")
-    rows.append(("all", "correlation of g(l/L) across models", across, "> 0.98", bool(across is not None and across > 0.98), "notes"))
+    rows.append(("all", "correlation of g(l/L) across models", across, "> 0.98",
+                 bool(across is not None and across > 0.98), "notes"))
     table = pd.DataFrame(rows, columns=["model", "criterion", "measured", "threshold", "passes", "source"])
     table["l_c_over_L"] = table.model.map(l_c_ratio)
     beta = phase_fits[phase_fits.landau_converged].groupby("model").landau_beta
@@ -147,8 +156,8 @@ def write_verdict(phase_criteria: pd.DataFrame, phase_fits: pd.DataFrame) -> dic
     lines = []
     for model, rows in plan.groupby("model", sort=False):
         passed = int(rows.passes.sum())
-        lines.append(f"{model}: {passed} of {len(rows)} Landau criteria pass ("
-                     + "; ".join(f"{r.criterion} = {r.measured:.3g} {'✓' if r.passes else '✗'}" for r in rows.itertuples()) + ")")
+        checks = "; ".join(f"{r.criterion} = {r.measured:.3g} {'✓' if r.passes else '✗'}" for r in rows.itertuples())
+        lines.append(f"{model}: {passed} of {len(rows)} Landau criteria pass ({checks})")
     supported = bool(plan.passes.all())
     return {
         "landau_transition_supported": supported,

@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from emotion_circuits.contracts import SemanticActivations
 from emotion_circuits.models import LoadedModel
 from emotion_circuits.models.extraction import extract_residuals
 from emotion_circuits.models.logit_lens import first_token_ids, token_log_probs
@@ -37,8 +38,9 @@ def expand_stimuli(semantic_stimuli: dict, params: dict[str, Any]) -> pd.DataFra
             rows += [_row(word, f"{word}_clear_{sense}{i}", "clear", text, sense, SIGN[sense])
                      for i, text in enumerate(entry["clear"][sense])]
             context = entry["gradient"][sense].split()
-            rows += [_row(word, f"{word}_gradient_{sense}{k}", "gradient", " ".join(context[len(context) - k:] + [word]),
-                          sense, SIGN[sense], step=k) for k in range(1, len(context) + 1)]
+            rows += [_row(word, f"{word}_gradient_{sense}{k}", "gradient",
+                          " ".join(context[len(context) - k:] + [word]), sense, SIGN[sense], step=k)
+                     for k in range(1, len(context) + 1)]
         for i, item in enumerate(entry["graded"]):
             rows.append(_row(word, f"{word}_graded_{i}", "graded", item["text"], item["sense"], float(item["h"]),
                              strength=item["strength"]))
@@ -58,16 +60,17 @@ def expand_stimuli(semantic_stimuli: dict, params: dict[str, Any]) -> pd.DataFra
 
 
 def extract_semantic_activations(model: LoadedModel, semantic_prompts: pd.DataFrame, semantic_stimuli: dict,
-                                 params: dict[str, Any]) -> dict:
+                                 params: dict[str, Any]) -> SemanticActivations:
     """Residuals at the target word for every layer, and the logit lens on each word's sense tokens.
 
     Returns:
-        ``{"model", "n_layers", "ids", "resid": float32[n, n_layers + 1, d], "sense_log_probs":
-        {"A", "B"}: [n, n_layers + 1, n_tokens]}`` (log-softmax of the sense tokens through the
+        `SemanticActivations`: ``resid`` float32 ``[n, n_layers + 1, d]`` and ``sense_log_probs``
+        ``{"A", "B"}`` → ``[n, n_layers + 1, n_tokens]`` (log-softmax of the sense tokens through the
         final norm and unembedding, read at the target word).
     """
     spans = list(zip(semantic_prompts.target_start.astype(int), semantic_prompts.target_end.astype(int)))
-    tokenized = tokenize_with_positions(model.tokenizer, semantic_prompts.text.tolist(), spans, semantic_prompts.id.tolist())
+    tokenized = tokenize_with_positions(model.tokenizer, semantic_prompts.text.tolist(), spans,
+                                        semantic_prompts.id.tolist())
     resid = extract_residuals(model, tokenized, {"target": tokenized.span_end_positions},
                               params["batch_size"])["resid"]["target"]
     tokens = {e["word"]: e["sense_tokens"] for e in semantic_stimuli["words"]}
@@ -76,13 +79,13 @@ def extract_semantic_activations(model: LoadedModel, semantic_prompts: pd.DataFr
     # one pass through the unembedding for both senses: it is the costly part (262k-token vocab)
     both = token_log_probs(model, resid, np.array([ids_by_word[w] for w in semantic_prompts.word]))
     log_probs = {"A": both[..., :n_a], "B": both[..., n_a:]}
-    return {"model": model.alias, "n_layers": model.n_layers, "ids": semantic_prompts.id.tolist(),
-            "resid": resid, "sense_log_probs": log_probs}
+    return SemanticActivations(model=model.alias, n_layers=model.n_layers, ids=semantic_prompts.id.tolist(),
+                               resid=resid, sense_log_probs=log_probs)
 
 
-def compute_order_parameters(semantic_activations_a: dict, semantic_activations_b: dict,
-                             semantic_prompts: pd.DataFrame, params: dict[str, Any]) -> pd.DataFrame:
-    """σ(l) and σ_diff(l) for every prompt, layer and model.
+def compute_order_parameters(semantic_prompts: pd.DataFrame, params: dict[str, Any],
+                             *semantic_activations: SemanticActivations) -> pd.DataFrame:
+    """σ(l) and σ_diff(l) for every prompt, layer and model (one `SemanticActivations` per model).
 
     Sense directions come from each word's clear prompts: the mean residual at the final layer
     (``per_layer_directions: true`` uses each layer's own mean instead).
@@ -92,37 +95,38 @@ def compute_order_parameters(semantic_activations_a: dict, semantic_activations_
     """
     tables = []
     semantic_prompts = semantic_prompts.reset_index(drop=True)
-    for activations in (semantic_activations_a, semantic_activations_b):
-        if activations["ids"] != semantic_prompts.id.tolist():
-            raise ValueError(f"semantic_activations of {activations['model']} were extracted from other prompts than "
+    for activations in semantic_activations:
+        if activations.ids != semantic_prompts.id.tolist():
+            raise ValueError(f"semantic_activations of {activations.model} were extracted from other prompts than "
                              "semantic_prompts; re-run `kedro run --pipelines=semantic_phase`")
-        resid, n_layers = activations["resid"], activations["n_layers"]
+        resid, n_layers = activations.resid, activations.n_layers
         for _, prompts in semantic_prompts.groupby("word", sort=False):
             rows = prompts.index.to_numpy()
-            clear = {s: resid[rows[(prompts.kind == "clear").to_numpy() & (prompts.sense == s).to_numpy()]] for s in "AB"}
+            is_clear = (prompts.kind == "clear").to_numpy()
+            clear = {s: resid[rows[is_clear & (prompts.sense == s).to_numpy()]] for s in "AB"}
             if not params["per_layer_directions"]:
                 clear = {s: c[:, -1] for s, c in clear.items()}
             e_a, e_b, e_diff = sense_directions(clear["A"], clear["B"])
             sigma, sigma_diff = order_parameter(resid[rows], e_a, e_b, e_diff)  # [n_word_prompts, n_layers + 1]
             layers = np.arange(n_layers + 1)
-            tables.append(prompts[["word", "id", "kind", "sense", "h", "step", "base_id"]].loc[prompts.index.repeat(n_layers + 1)]
-                          .assign(model=activations["model"], layer=np.tile(layers, len(rows)),
+            labels = prompts[["word", "id", "kind", "sense", "h", "step", "base_id"]]
+            tables.append(labels.loc[prompts.index.repeat(n_layers + 1)]
+                          .assign(model=activations.model, layer=np.tile(layers, len(rows)),
                                   l_over_L=np.tile(layers / n_layers, len(rows)),
                                   sigma=sigma.ravel(), sigma_diff=sigma_diff.ravel()))
     table = pd.concat(tables, ignore_index=True)
     return table[["model"] + [c for c in table.columns if c != "model"]]
 
 
-def logit_lens_table(semantic_activations_a: dict, semantic_activations_b: dict,
-                     semantic_prompts: pd.DataFrame) -> pd.DataFrame:
+def logit_lens_table(semantic_prompts: pd.DataFrame, *semantic_activations: SemanticActivations) -> pd.DataFrame:
     """Per prompt and layer: mean logit-lens log-probability of sense A's and B's tokens, their
     difference, and the total probability of each sense's tokens."""
     tables = []
-    for activations in (semantic_activations_a, semantic_activations_b):
-        log_a, log_b = activations["sense_log_probs"]["A"], activations["sense_log_probs"]["B"]
+    for activations in semantic_activations:
+        log_a, log_b = activations.sense_log_probs["A"], activations.sense_log_probs["B"]
         n, n_positions = log_a.shape[:2]
         tables.append(pd.DataFrame({
-            "model": activations["model"], "id": np.repeat(activations["ids"], n_positions),
+            "model": activations.model, "id": np.repeat(activations.ids, n_positions),
             "layer": np.tile(np.arange(n_positions), n),
             "logit_diff": (log_a.mean(-1) - log_b.mean(-1)).ravel(),
             "p_sense_a": np.exp(log_a).sum(-1).ravel(), "p_sense_b": np.exp(log_b).sum(-1).ravel(),

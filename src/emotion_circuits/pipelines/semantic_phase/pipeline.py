@@ -1,31 +1,41 @@
-"""The semantic_phase pipeline: both models, then a combined analysis."""
+"""The semantic_phase pipeline: per-model extraction (template), then one analysis over all models."""
 
-from kedro.pipeline import Pipeline, node
+from kedro.pipeline import Pipeline, node, pipeline
 
 from emotion_circuits.pipelines.semantic_phase import analysis, nodes, plots
+from emotion_circuits.study import PAIR_SEPARATOR
+
+PARAMS = "params:semantic_phase"
 
 
-def create_pipeline(**kwargs) -> Pipeline:
-    params = "params:semantic_phase"
-    extract = [
-        node(nodes.extract_semantic_activations, [f"model_{s}", "semantic_prompts", "semantic_stimuli", params],
-             f"semantic_activations_{s}", name=f"extract_semantic_activations_{s}")
-        for s in ("a", "b")
-    ]
-    both = ["semantic_activations_a", "semantic_activations_b"]
+def template() -> Pipeline:
+    """Per-model template: ``language_model`` → ``semantic_activations`` at the ambiguous word."""
     return Pipeline([
-        node(nodes.expand_stimuli, ["semantic_stimuli", params], "semantic_prompts", name="expand_stimuli"),
-        *extract,
-        node(nodes.compute_order_parameters, [*both, "semantic_prompts", params], "order_parameters",
+        node(nodes.extract_semantic_activations, ["language_model", "semantic_prompts", "semantic_stimuli", PARAMS],
+             "semantic_activations", name="extract_semantic_activations"),
+    ], tags=["semantic_phase"])
+
+
+def shared_pipeline() -> Pipeline:
+    """The stimuli every model reads."""
+    return Pipeline([node(nodes.expand_stimuli, ["semantic_stimuli", PARAMS], "semantic_prompts",
+                          name="expand_stimuli")], tags=["semantic_phase"])
+
+
+def create_pipeline(model_keys: list[str]) -> Pipeline:
+    """The analysis over every model, in namespace ``semantic_phase.<key_1>__<key_2>…``."""
+    activations = [f"semantic_activations_{i}" for i in range(len(model_keys))]
+    analysis_nodes = Pipeline([
+        node(nodes.compute_order_parameters, ["semantic_prompts", PARAMS, *activations], "order_parameters",
              name="compute_order_parameters"),
-        node(nodes.logit_lens_table, [*both, "semantic_prompts"], "logit_lens", name="logit_lens_table"),
-        node(analysis.fit_phase_curves, ["order_parameters", params], "phase_fits", name="fit_phase_curves"),
+        node(nodes.logit_lens_table, ["semantic_prompts", *activations], "logit_lens", name="logit_lens_table"),
+        node(analysis.fit_phase_curves, ["order_parameters", PARAMS], "phase_fits", name="fit_phase_curves"),
         node(analysis.compute_susceptibility, ["order_parameters", "phase_fits"], "susceptibility",
              name="compute_susceptibility"),
         node(analysis.compute_phase_diagram, "order_parameters", "phase_diagram", name="compute_phase_diagram"),
-        node(analysis.fit_universal_function, ["order_parameters", params], "universal_function",
+        node(analysis.fit_universal_function, ["order_parameters", PARAMS], "universal_function",
              name="fit_universal_function"),
-        node(analysis.evaluate_phase_criteria, ["phase_fits", "susceptibility", "universal_function", params],
+        node(analysis.evaluate_phase_criteria, ["phase_fits", "susceptibility", "universal_function", PARAMS],
              "phase_criteria", name="evaluate_phase_criteria"),
         node(analysis.write_verdict, ["phase_criteria", "phase_fits"], "phase_verdict", name="write_verdict"),
         node(plots.plot_order_parameters, "order_parameters", "order_parameter_figure", name="plot_order_parameters"),
@@ -33,4 +43,8 @@ def create_pipeline(**kwargs) -> Pipeline:
         node(plots.plot_phase_diagram, "phase_diagram", "phase_diagram_figure", name="plot_phase_diagram"),
         node(plots.plot_universal_function, ["universal_function", "logit_lens"], "universal_function_figure",
              name="plot_universal_function"),
-    ])
+    ], tags=["semantic_phase"])
+    return pipeline(analysis_nodes, namespace=f"semantic_phase.{PAIR_SEPARATOR.join(model_keys)}",
+                    inputs={"semantic_prompts": "semantic_prompts",
+                            **{name: f"{key}.semantic_activations" for name, key in zip(activations, model_keys)}},
+                    parameters={PARAMS})

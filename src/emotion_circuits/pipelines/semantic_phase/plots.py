@@ -33,7 +33,8 @@ def plot_fit_summary(phase_fits: pd.DataFrame, susceptibility_table: pd.DataFram
         if not susceptibility_table.empty:
             chi_ax.hist(susceptibility_table[susceptibility_table.model == model].drop_duplicates("id").peak_minus_l_c,
                         bins=20, alpha=0.5, label=model)
-    phase_fits.groupby("model").preferred.value_counts(normalize=True).unstack(fill_value=0).plot.bar(ax=share_ax, rot=0)
+    shares = phase_fits.groupby("model").preferred.value_counts(normalize=True).unstack(fill_value=0)
+    shares.plot.bar(ax=share_ax, rot=0)
     beta_ax.set(title="Landau β per curve", xlabel="β")
     share_ax.set(title="preferred model (BIC)", ylabel="share of curves")
     chi_ax.set(title="χ peak layer − l_c (tanh)", xlabel="layers")
@@ -50,7 +51,8 @@ def plot_phase_diagram(phase_diagram: pd.DataFrame) -> plt.Figure:
     fig, axes = plt.subplots(3, int(np.ceil(len(words) / 3)), figsize=(15, 10), squeeze=False)
     for ax, word in zip(axes.flat, words):
         grid = part[part.word == word].pivot(index="step", columns="layer", values="sigma")
-        image = ax.pcolormesh(grid.columns, grid.index, grid.to_numpy(), cmap="coolwarm", vmin=-0.5, vmax=0.5, shading="nearest")
+        image = ax.pcolormesh(grid.columns, grid.index, grid.to_numpy(), cmap="coolwarm", vmin=-0.5, vmax=0.5,
+                              shading="nearest")
         if grid.to_numpy().min() < 0 < grid.to_numpy().max():
             ax.contour(grid.columns, grid.index, grid.to_numpy(), levels=[0], colors="black", linewidths=1)
         ax.set(title=f"{word} (sense A contexts)", xlabel="layer", ylabel="context words")

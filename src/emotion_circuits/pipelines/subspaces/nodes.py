@@ -9,7 +9,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from emotion_circuits.activation_sets import usable_rows
+from emotion_circuits.contracts import Activations, EmotionSubspaces, EmotionVectors
+from emotion_circuits.statistics import rng
 from emotion_circuits.subspaces import (
     cosine,
     difference_basis,
@@ -19,19 +20,21 @@ from emotion_circuits.subspaces import (
 )
 
 
-def compute_emotion_vectors(activations: dict, params: dict[str, Any]) -> tuple[dict, pd.DataFrame]:
+def compute_emotion_vectors(activations: Activations, params: dict[str, Any],
+                            seed: int) -> tuple[EmotionVectors, pd.DataFrame]:
     """Emotion vectors (mean emotion − mean neutral) per layer and position kind.
 
     Args:
-        activations: an ``activations_*`` contract dict.
-        params: the ``subspaces`` parameter group (emotions, reference, splits, n_splits, seed).
+        activations: one model's activations.
+        params: the ``subspaces`` parameter group (emotions, reference, splits, n_splits).
+        seed: the project seed (random halves for split-half stability).
 
     Returns:
-        ``emotion_vectors``: ``{"model", "hook_names", "vectors": {position: {emotion:
-        float32[n_layers + 1, d_model]}}}``; and a tidy table (model, layer, hook_name, position,
-        emotion, l1_norm, l2_norm, relative_norm = l2 / ‖mean neutral‖, split_half_cosine mean/std).
+        `EmotionVectors` (position → emotion → float32 ``[n_layers + 1, d_model]``); and a tidy
+        table (model, layer, hook_name, position, emotion, l1_norm, l2_norm, relative_norm = l2 /
+        ‖mean neutral‖, split_half_cosine mean/std).
     """
-    rng = np.random.default_rng(params["seed"])
+    halves_rng = rng(seed, "subspaces.split_halves")
     vectors, rows = {}, []
     for position in params["positions"]:
         groups = _groups(activations, params, position)
@@ -39,44 +42,47 @@ def compute_emotion_vectors(activations: dict, params: dict[str, Any]) -> tuple[
         vectors[position] = {}
         for emotion in params["emotions"]:
             vector = mean_difference(groups[emotion], neutral)
-            halves = split_half_cosines(groups[emotion], neutral, params["n_splits"], rng)
+            halves = split_half_cosines(groups[emotion], neutral, params["n_splits"], halves_rng)
             vectors[position][emotion] = vector.astype(np.float32)
             rows.append(pd.DataFrame({
-                "model": activations["model"], "layer": np.arange(len(vector)),
-                "hook_name": activations["hook_names"], "position": position, "emotion": emotion,
+                "model": activations.model, "layer": np.arange(len(vector)),
+                "hook_name": activations.hook_names, "position": position, "emotion": emotion,
                 "n_prompts": len(groups[emotion]), "l1_norm": np.abs(vector).sum(-1),
                 "l2_norm": np.linalg.norm(vector, axis=-1),
                 "relative_norm": np.linalg.norm(vector, axis=-1) / np.linalg.norm(neutral.mean(0), axis=-1),
                 "split_half_cosine_mean": halves.mean(0), "split_half_cosine_std": halves.std(0),
             }))
-    result = {"model": activations["model"], "hook_names": activations["hook_names"], "vectors": vectors}
-    return result, pd.concat(rows, ignore_index=True)
+    vectors_contract = EmotionVectors(model=activations.model, hook_names=activations.hook_names, vectors=vectors)
+    return vectors_contract, pd.concat(rows, ignore_index=True)
 
 
-def compute_emotion_subspaces(activations: dict, params: dict[str, Any]) -> dict:
+def compute_emotion_subspaces(activations: Activations, params: dict[str, Any]) -> EmotionSubspaces:
     """A k_max-dimensional subspace per emotion, layer and position kind.
 
     The input to the decomposition is each emotion prompt's residual minus the neutral mean,
     not re-centred (see `difference_basis`), so direction 1 carries the mean shift.
 
     Returns:
-        ``{"model", "hook_names", "k_max", "bases": {position: {emotion: float32[n_layers + 1,
-        d_model, k_max]}}, "explained": {position: {emotion: [n_layers + 1, k_max]}}}``.
+        `EmotionSubspaces`: bases float32 ``[n_layers + 1, d_model, k_max]``, explained shares
+        ``[n_layers + 1, k_max]`` and the prompt ids behind each, per position and emotion.
     """
-    bases, explained = {}, {}
+    bases, explained, prompt_ids = {}, {}, {}
+    ids = np.asarray(activations.ids)
     for position in params["positions"]:
-        groups = _groups(activations, params, position)
-        neutral_mean = groups[params["reference"]].mean(0)
-        bases[position], explained[position] = {}, {}
+        rows = _group_rows(activations, params, position)
+        resid = activations.resid[position]
+        neutral_mean = resid[rows[params["reference"]]].mean(0)
+        bases[position], explained[position], prompt_ids[position] = {}, {}, {}
         for emotion in params["emotions"]:
-            basis, fraction = difference_basis(groups[emotion], neutral_mean, params["k_max"])
+            basis, fraction = difference_basis(resid[rows[emotion]], neutral_mean, params["k_max"])
             bases[position][emotion] = basis.astype(np.float32)
             explained[position][emotion] = fraction
-    return {"model": activations["model"], "hook_names": activations["hook_names"],
-            "k_max": params["k_max"], "bases": bases, "explained": explained}
+            prompt_ids[position][emotion] = ids[rows[emotion]].tolist()
+    return EmotionSubspaces(model=activations.model, hook_names=activations.hook_names, k_max=params["k_max"],
+                            bases=bases, explained=explained, prompt_ids=prompt_ids)
 
 
-def within_model_similarity(emotion_vectors: dict, emotion_subspaces: dict) -> pd.DataFrame:
+def within_model_similarity(emotion_vectors: EmotionVectors, emotion_subspaces: EmotionSubspaces) -> pd.DataFrame:
     """Cosines between emotions' vectors and overlaps between their subspaces, per layer and k.
 
     Returns:
@@ -84,8 +90,8 @@ def within_model_similarity(emotion_vectors: dict, emotion_subspaces: dict) -> p
         ``subspace_overlap``), k (1 for vectors), value.
     """
     rows = []
-    for position, by_emotion in emotion_subspaces["bases"].items():
-        vectors = emotion_vectors["vectors"][position]
+    for position, by_emotion in emotion_subspaces.bases.items():
+        vectors = emotion_vectors.vectors[position]
         for first, second in combinations(by_emotion, 2):
             cos = cosine(vectors[first], vectors[second])
             rows += [(layer, position, first, second, "vector_cosine", 1, c) for layer, c in enumerate(cos)]
@@ -94,7 +100,7 @@ def within_model_similarity(emotion_vectors: dict, emotion_subspaces: dict) -> p
                 rows += [(layer, position, first, second, "subspace_overlap", k + 1, o)
                          for k, o in enumerate(overlaps)]
     table = pd.DataFrame(rows, columns=["layer", "position", "emotion_1", "emotion_2", "measure", "k", "value"])
-    return table.assign(model=emotion_vectors["model"])[["model"] + list(table.columns)]
+    return table.assign(model=emotion_vectors.model)[["model"] + list(table.columns)]
 
 
 def plot_vector_norms(norms: pd.DataFrame) -> plt.Figure:
@@ -120,8 +126,12 @@ def plot_similarity_heatmaps(similarity: pd.DataFrame, k: int = 2) -> plt.Figure
     fig, axes = plt.subplots(len(panels), len(positions), figsize=(6 * len(positions), 5), squeeze=False)
     for row, (measure, kk) in enumerate(panels):
         for column, position in enumerate(positions):
-            part = similarity[(similarity.measure == measure) & (similarity.k == kk) & (similarity.position == position)]
-            grid = part.assign(pair=part.emotion_1 + "–" + part.emotion_2).pivot(index="pair", columns="layer", values="value")
+            part = similarity[
+                (similarity.measure == measure) & (similarity.k == kk) & (similarity.position == position)
+            ]
+            grid = part.assign(pair=part.emotion_1 + "–" + part.emotion_2).pivot(
+                index="pair", columns="layer", values="value"
+            )
             image = axes[row, column].imshow(grid.to_numpy(), aspect="auto", cmap="viridis",
                                              vmin=-1 if measure == "vector_cosine" else 0, vmax=1)
             axes[row, column].set(yticks=range(len(grid)), yticklabels=grid.index, xlabel="layer",
@@ -132,13 +142,18 @@ def plot_similarity_heatmaps(similarity: pd.DataFrame, k: int = 2) -> plt.Figure
     return fig
 
 
-def _groups(activations: dict, params: dict[str, Any], position: str) -> dict[str, np.ndarray]:
-    """Residuals ``[n, n_layers + 1, d]`` per emotion label, restricted to the usable rows."""
-    emotions = np.asarray(activations["emotions"])
-    keep = usable_rows(activations, position, params["splits"], params["skip_first_token"])
-    resid = activations["resid"][position]
-    groups = {e: resid[keep & (emotions == e)] for e in [*params["emotions"], params["reference"]]}
-    empty = [e for e, g in groups.items() if len(g) == 0]
+def _group_rows(activations: Activations, params: dict[str, Any], position: str) -> dict[str, np.ndarray]:
+    """Row indices per emotion label (and the reference), restricted to the usable rows."""
+    emotions = np.asarray(activations.emotions)
+    keep = activations.usable_rows(position, params["splits"], params["skip_first_token"])
+    rows = {e: np.flatnonzero(keep & (emotions == e)) for e in [*params["emotions"], params["reference"]]}
+    empty = [e for e, r in rows.items() if len(r) == 0]
     if empty:
-        raise ValueError(f"activations of {activations['model']} have no prompts for {empty} in splits {params['splits']}")
-    return groups
+        raise ValueError(f"activations of {activations.model} have no prompts for {empty} in splits {params['splits']}")
+    return rows
+
+
+def _groups(activations: Activations, params: dict[str, Any], position: str) -> dict[str, np.ndarray]:
+    """Residuals ``[n, n_layers + 1, d]`` per emotion label, restricted to the usable rows."""
+    resid = activations.resid[position]
+    return {e: resid[rows] for e, rows in _group_rows(activations, params, position).items()}

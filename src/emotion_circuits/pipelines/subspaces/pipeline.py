@@ -1,24 +1,22 @@
-"""The subspaces pipeline: the same nodes for model A and model B."""
+"""The subspaces pipeline: one model's activations in, emotion vectors and subspaces out (per-model template)."""
 
 from kedro.pipeline import Pipeline, node
 
 from emotion_circuits.pipelines.subspaces import nodes
 
 
-def create_pipeline(**kwargs) -> Pipeline:
-    return Pipeline([n for side in ("a", "b") for n in _nodes_for(side)])
-
-
-def _nodes_for(side: str) -> list:
-    return [
-        node(nodes.compute_emotion_vectors, [f"activations_{side}", "params:subspaces"],
-             [f"emotion_vectors_{side}", f"emotion_vector_norms_{side}"], name=f"compute_emotion_vectors_{side}"),
-        node(nodes.compute_emotion_subspaces, [f"activations_{side}", "params:subspaces"],
-             f"emotion_subspaces_{side}", name=f"compute_emotion_subspaces_{side}"),
-        node(nodes.within_model_similarity, [f"emotion_vectors_{side}", f"emotion_subspaces_{side}"],
-             f"within_model_similarity_{side}", name=f"within_model_similarity_{side}"),
-        node(nodes.plot_vector_norms, f"emotion_vector_norms_{side}", f"emotion_vector_norm_figure_{side}",
-             name=f"plot_vector_norms_{side}"),
-        node(nodes.plot_similarity_heatmaps, f"within_model_similarity_{side}",
-             f"within_model_similarity_figure_{side}", name=f"plot_similarity_heatmaps_{side}"),
-    ]
+def template() -> Pipeline:
+    """Per-model template: ``activations`` → vectors, subspaces, similarities and their figures."""
+    params = "params:subspaces"
+    return Pipeline([
+        node(nodes.compute_emotion_vectors, ["activations", params, "params:seed"],
+             ["emotion_vectors", "emotion_vector_norms"], name="compute_emotion_vectors"),
+        node(nodes.compute_emotion_subspaces, ["activations", params], "emotion_subspaces",
+             name="compute_emotion_subspaces"),
+        node(nodes.within_model_similarity, ["emotion_vectors", "emotion_subspaces"], "within_model_similarity",
+             name="within_model_similarity"),
+        node(nodes.plot_vector_norms, "emotion_vector_norms", "emotion_vector_norm_figure",
+             name="plot_vector_norms"),
+        node(nodes.plot_similarity_heatmaps, "within_model_similarity", "within_model_similarity_figure",
+             name="plot_similarity_heatmaps"),
+    ], tags=["emotion"])
