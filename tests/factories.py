@@ -14,6 +14,7 @@ from emotion_circuits.contracts import (
     LinearMaps,
     SemanticActivations,
     SteeringDirections,
+    TokenActivations,
 )
 from emotion_circuits.models.architecture import resid_hook_names
 
@@ -76,7 +77,17 @@ def steering_directions(n_layers: int = 2, d: int = 8, model: str = "synthetic")
 
 def linear_maps(d_a: int = 8, d_b: int = 6) -> LinearMaps:
     linear_map = LinearMap("ridge", np.ones((d_a, d_b)), np.zeros(d_a), np.zeros(d_b))
-    return LinearMaps(model_a="a", model_b="b", maps={("trigger", 0, 0, "ridge"): linear_map})
+    return LinearMaps(model_a="a", model_b="b", maps={(0, 0, "ridge"): linear_map})
+
+
+def token_activations(n_texts: int = 5, words: int = 4, n_layers: int = 2, d: int = 8,
+                      model: str = "synthetic") -> TokenActivations:
+    rng = np.random.default_rng(4)
+    n = n_texts * words
+    return TokenActivations(model=model, n_layers=n_layers, d_model=d, hook_names=resid_hook_names(n_layers),
+                            text_ids=[f"t{i // words}" for i in range(n)],
+                            word_index=np.tile(np.arange(words), n_texts),
+                            resid=rng.standard_normal((n, n_layers + 1, d)).astype(np.float16))
 
 
 def semantic_activations(n: int = 4, n_layers: int = 2, d: int = 8, n_tokens: int = 2) -> SemanticActivations:

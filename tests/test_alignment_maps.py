@@ -13,6 +13,7 @@ from emotion_circuits.alignment_maps import (
     fit_procrustes_map,
     fit_ridge_map,
     heldout_quality,
+    refit_map,
 )
 
 
@@ -258,3 +259,18 @@ def test_cca_reduction_generalises_when_samples_are_fewer_than_dimensions():
     x_b = latent @ rng.normal(size=(4, 220)) + 0.3 * rng.normal(size=(160, 220))
     reduced = heldout_quality(fit_cca_map(x_a[:100], x_b[:100], n_components=4, dim=8), x_a[100:], x_b[100:])
     assert reduced["r2"] > 0.5
+
+
+@pytest.mark.parametrize("method", ["ridge", "procrustes", "cca"])
+def test_refit_keeps_the_hyperparameters_and_fits_the_new_data(method):
+    rng = np.random.default_rng(5)
+    x_a = rng.standard_normal((300, 6))
+    x_b = x_a @ rng.standard_normal((6, 5))
+    params = {"alphas": [0.1, 100.0], "cv": None, "dim": 5, "n_components": 5}
+    fitted = fit_map(method, x_a, x_b, params)
+    refitted = refit_map(fitted, x_a, x_b[::-1])
+    hyper = {"alpha", "dim", "n_components"}
+    assert refitted.method == method
+    assert ({k: v for k, v in refitted.info.items() if k in hyper}
+            == {k: v for k, v in fitted.info.items() if k in hyper})
+    assert heldout_quality(refitted, x_a, x_b[::-1])["r2"] < 0.5 < heldout_quality(fitted, x_a, x_b)["r2"]

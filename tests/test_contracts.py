@@ -11,7 +11,7 @@ from tests import factories
 
 @pytest.mark.parametrize("build", [factories.emotion_vectors, factories.emotion_subspaces,
                                    factories.steering_directions, factories.linear_maps,
-                                   factories.semantic_activations])
+                                   factories.semantic_activations, factories.token_activations])
 def test_every_factory_instance_is_valid_and_survives_its_stored_form(build):
     instance = build()
     instance.validate()

@@ -7,8 +7,9 @@ import torch
 from emotion_circuits.study import model_key
 from tests.conftest import run_project, tiny_model
 
-FAST = {"activations": {"max_prompts_per_emotion": 12},
-        "alignment": {"n_null": 20, "n_shuffles": 5, "procrustes": {"dim": 8}, "cca": {"n_components": 4, "dim": 8}},
+FAST = {"activations": {"max_prompts_per_emotion": 24},
+        "data_engineering": {"neutral_corpus": {"max_words": 300}},
+        "alignment": {"n_null": 20, "n_covariance_null": 20, "n_permutations": 19, "n_bootstrap": 10},
         "subspaces": {"k_max": 3, "n_splits": 3}}
 
 
@@ -44,7 +45,7 @@ def test_a_third_model_is_one_more_entry_in_the_models_parameter(project_copy, t
 
 def test_same_seed_same_tables_and_another_seed_changes_every_random_draw(project_copy, tiny_model_dirs):
     a, b, _ = tiny_model_dirs
-    pipelines = ["data_engineering", "activations", "alignment"]
+    pipelines = ["data_engineering", "activations", "subspaces", "alignment"]
     tables = []
     for seed in (0, 0, 1):
         run_project(project_copy, pipelines, device="cpu", model_a=a, model_b=b, seed=seed, **FAST)
@@ -60,5 +61,5 @@ def test_same_seed_same_tables_and_another_seed_changes_every_random_draw(projec
     assert not tables[0]["splits"].id.equals(tables[2]["splits"].id)  # baseline rows come first: other ids
     assert not tables[0]["norms"].split_half_cosine_mean.equals(tables[2]["norms"].split_half_cosine_mean)
     assert not tables[0]["quality"].heldout_r2.equals(tables[2]["quality"].heldout_r2)
-    for null in ("null_mean", "shuffled_mean"):
+    for null in ("random_mean", "covariance_mean", "p_specific"):
         assert not tables[0]["results"][null].equals(tables[2]["results"][null]), null

@@ -14,7 +14,7 @@ import numpy as np
 from scipy.linalg import orthogonal_procrustes
 from sklearn.cross_decomposition import CCA
 from sklearn.decomposition import PCA
-from sklearn.linear_model import RidgeCV
+from sklearn.linear_model import Ridge, RidgeCV
 from sklearn.metrics import r2_score
 
 METHODS = ("ridge", "procrustes", "cca")
@@ -158,11 +158,28 @@ def heldout_quality(linear_map: LinearMap, x_a_test: np.ndarray,
             "cosine": float(np.mean(cosines))}
 
 
+def refit_map(linear_map: LinearMap, x_a: np.ndarray, x_b: np.ndarray) -> LinearMap:
+    """The same kind of map with the same hyperparameters (ridge alpha, dims) fitted on other data.
+
+    Used for baselines such as shuffled pairs, where choosing hyperparameters again would cost a
+    second cross-validation and answer a different question.
+    """
+    if linear_map.method == "ridge":
+        x_a, x_b = _check_pair(x_a, x_b)
+        ridge = Ridge(alpha=linear_map.info["alpha"]).fit(x_a, x_b)
+        return LinearMap(method="ridge", weight=np.asarray(ridge.coef_, dtype=float).T, mean_a=x_a.mean(axis=0),
+                         mean_b=x_b.mean(axis=0), info=dict(linear_map.info))
+    if linear_map.method == "procrustes":
+        return fit_procrustes_map(x_a, x_b, linear_map.info["dim"])
+    return fit_cca_map(x_a, x_b, linear_map.info["n_components"], linear_map.info["dim"])
+
+
 def fit_map(method: str, x_a: np.ndarray, x_b: np.ndarray, params: dict) -> LinearMap:
     """Fits the map named by ``method`` ("ridge" | "procrustes" | "cca") with ``params``.
 
-    ridge: params "alphas" (optional), "cv" (default 5). procrustes: "dim". cca: "n_components" and
-    "dim" (PCA width of each side before CCA, default n_components).
+    ridge: params "alphas" (optional), "cv" (default 5). procrustes: "dim" (null: the full
+    min(n - 1, d_a, d_b), which recovers any rotation when samples outnumber dimensions). cca:
+    "n_components" and "dim" (PCA width of each side before CCA, default n_components).
     dim / n_components above min(n - 1, d_a, d_b) are clipped to it, so one config serves
     every layer and sample size.
     """
@@ -173,7 +190,7 @@ def fit_map(method: str, x_a: np.ndarray, x_b: np.ndarray, params: dict) -> Line
         if key not in params:
             raise ValueError(f"method {method!r} needs params[{key!r}]; got keys {sorted(params)}")
         x_a, x_b = _check_pair(x_a, x_b)
-        size = min(int(params[key]), _max_dim(x_a, x_b))
+        size = _max_dim(x_a, x_b) if params[key] is None else min(int(params[key]), _max_dim(x_a, x_b))
         if method == "procrustes":
             return fit_procrustes_map(x_a, x_b, size)
         dim = min(int(params.get("dim", size)), _max_dim(x_a, x_b))
@@ -222,5 +239,6 @@ def _check_dim(dim: int, x_a: np.ndarray, x_b: np.ndarray, name: str) -> None:
 
 def _pca_components(x_centred: np.ndarray, dim: int) -> np.ndarray:
     """Top-``dim`` principal axes of already centred data, as columns [d, dim]."""
-    # Full SVD: deterministic, and cheap at n of a few hundred.
-    return PCA(n_components=dim, svd_solver="full").fit(x_centred).components_.T
+    # with many more samples than dimensions the d x d covariance is far cheaper to decompose
+    solver = "covariance_eigh" if x_centred.shape[0] > 2 * x_centred.shape[1] else "full"
+    return PCA(n_components=dim, svd_solver=solver).fit(x_centred).components_.T

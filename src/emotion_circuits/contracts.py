@@ -157,6 +157,43 @@ class Activations(_Contract):
 
 
 @dataclass
+class TokenActivations(_Contract):
+    """Residual streams of one model at the last token of every word of neutral texts.
+
+    The texts are the neutral prompts and passages of an offline corpus; a row is one word, so two
+    models' rows pair up by ``(text_ids[i], word_index[i])`` whatever their tokenizers.
+
+    Attributes:
+        text_ids: ``[n_tokens]`` the prompt or passage each row comes from.
+        word_index: ``[n_tokens]`` index of the word within its text.
+        resid: float16 ``[n_tokens, L + 1, d]`` (stored compactly: many thousand rows).
+        corpus: where the passages came from (package, version, file).
+    """
+
+    producer: ClassVar[str] = "activations"
+
+    model: str
+    n_layers: int
+    d_model: int
+    hook_names: list[str]
+    text_ids: list[str]
+    word_index: np.ndarray
+    resid: np.ndarray
+    corpus: str = ""
+
+    def validate(self) -> None:
+        n = len(self.text_ids)
+        if n == 0:
+            _fail("TokenActivations", "text_ids", "is empty")
+        _check_length("TokenActivations", "word_index", self.word_index, n)
+        _check_length("TokenActivations", "hook_names", self.hook_names, self.n_layers + 1)
+        _check_array("TokenActivations", "resid", self.resid, (n, self.n_layers + 1, self.d_model))
+        keys = set(zip(self.text_ids, np.asarray(self.word_index).tolist()))
+        if len(keys) != n:
+            _fail("TokenActivations", "word_index", "repeats a (text, word) pair")
+
+
+@dataclass
 class EmotionVectors(_Contract):
     """Mean emotion − mean neutral residual: position → emotion → float32 ``[L + 1, d]``."""
 
@@ -233,11 +270,11 @@ class SteeringDirections(_Contract):
 
 @dataclass
 class LinearMaps(_Contract):
-    """Maps from model A's residual stream to model B's, per position, layer pair and method.
+    """Maps from model A's residual stream to model B's, per layer pair and method.
 
     Attributes:
-        maps: ``(position, layer_a, layer_b, method)`` → `LinearMap`.
-        fit_data: what the maps were fitted on (ids, token counts) for the record.
+        maps: ``(layer_a, layer_b, method)`` → `LinearMap` (residual indices, 0 = embeddings).
+        fit_data: what the maps were fitted and scored on (text ids of each split, counts, corpus).
     """
 
     producer: ClassVar[str] = "alignment"
@@ -251,8 +288,8 @@ class LinearMaps(_Contract):
         if not self.maps:
             _fail("LinearMaps", "maps", "is empty")
         for key, linear_map in self.maps.items():
-            if not (isinstance(key, tuple) and len(key) == 4):
-                _fail("LinearMaps", "maps", f"key {key!r} is not (position, layer_a, layer_b, method)")
+            if not (isinstance(key, tuple) and len(key) == 3):
+                _fail("LinearMaps", "maps", f"key {key!r} is not (layer_a, layer_b, method)")
             if not isinstance(linear_map, LinearMap):
                 _fail("LinearMaps", f"maps[{key!r}]", f"is a {type(linear_map).__name__}, not a LinearMap")
 
@@ -285,8 +322,8 @@ class SemanticActivations(_Contract):
 
 
 CONTRACTS: dict[str, type[_Contract]] = {
-    cls.__name__: cls for cls in (Activations, EmotionVectors, EmotionSubspaces, SteeringDirections,
-                                  LinearMaps, SemanticActivations)
+    cls.__name__: cls for cls in (Activations, TokenActivations, EmotionVectors, EmotionSubspaces,
+                                  SteeringDirections, LinearMaps, SemanticActivations)
 }
 
 

@@ -21,7 +21,8 @@ from emotion_circuits.study import Study, active_study
 warnings.filterwarnings("ignore", message="One or more dataset names contain '.' characters")
 
 # Datasets every model's template reads under the same name (not per model).
-SHARED_INPUTS = frozenset({"emotion_prompts", "real_world_prompts", "steering_prompts", "evaluator_prototypes",
+SHARED_INPUTS = frozenset({"emotion_prompts", "real_world_prompts", "neutral_passages", "steering_prompts",
+                           "evaluator_prototypes",
                            "evaluator_lexicons", "semantic_prompts", "semantic_stimuli"})
 
 
@@ -43,8 +44,8 @@ def create_pipelines(study: Study) -> dict[str, Pipeline]:
         "data_engineering": data_engineering.create_pipeline(),
         "activations": for_each_model(activations.template(), models),
         "subspaces": for_each_model(subspaces.template(), models),
-        # subspaces take seconds, so alignment and patching need only the activations
-        "alignment": for_each_model(subspaces.template(), pair) + alignment.create_pipeline(*pair),
+        "alignment": alignment.create_pipeline(*pair),  # builds its subspaces on the rows both models share
+        # subspaces take seconds, so patching needs only the activations
         "patching": patching.shared_pipeline() + for_each_model(subspaces.template() + patching.template(), models),
         "semantic_phase": (semantic_phase.shared_pipeline() + for_each_model(semantic_phase.template(), models)
                            + semantic_phase.create_pipeline(list(models))),

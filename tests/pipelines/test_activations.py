@@ -29,8 +29,11 @@ def test_template_per_model_writes_each_model_in_the_contract_shape(gpt2_style_t
     catalog = DataCatalog({
         **{f"{key}.language_model": MemoryDataset(m, copy_mode="assign") for key, m in models.items()},
         "emotion_prompts": MemoryDataset(_prompts()),
+        "neutral_passages": MemoryDataset(pd.DataFrame({"id": ["lee_0"], "text": ["The court heard the case."],
+                                                        "source": ["test"]})),
         "params:activations": MemoryDataset(PARAMS),
-        **{f"{key}.activations": MemoryDataset(copy_mode="assign") for key in models},
+        **{f"{key}.{name}": MemoryDataset(copy_mode="assign") for key in models
+           for name in ("activations", "neutral_tokens")},
     })
     SequentialRunner().run(for_each_model(template(), models), catalog)
     for key, model in models.items():

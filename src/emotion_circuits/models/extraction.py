@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
@@ -63,7 +63,8 @@ def extract_residuals(
         for rows in tqdm(batches, desc=f"extract {model.alias}", unit="batch", leave=False,
                          disable=not show_progress):
             input_ids, mask = pad_right([tokenized.input_ids[r] for r in rows], model)
-            recorder.select(np.concatenate([positions[k][rows] for k in kinds]))
+            recorder.select(np.tile(np.arange(len(rows)), len(kinds)),
+                            np.concatenate([positions[k][rows] for k in kinds]))
             with contextlib.suppress(_StopForward):
                 model.hf_model.base_model(input_ids=input_ids, attention_mask=mask, use_cache=False)
             # copied to the host without waiting, so the next batch is queued behind it
@@ -71,6 +72,49 @@ def extract_residuals(
     if model.device.type == "cuda":
         torch.cuda.synchronize(model.device)
     return _assemble(pending, kinds, n_prompts)
+
+
+def extract_token_residuals(
+    model: LoadedModel,
+    input_ids: Sequence[Sequence[int]],
+    token_positions: Sequence[np.ndarray],
+    batch_size: int = 32,
+    dtype: np.dtype = np.float16,
+    show_progress: bool = True,
+) -> np.ndarray:
+    """Residual stream at several token positions per prompt, every layer.
+
+    Args:
+        model: the loaded model.
+        input_ids: token ids per prompt (special tokens included).
+        token_positions: per prompt, the token indices to read (any number, possibly none).
+        batch_size: prompts per forward pass (sorted by length to keep padding small).
+        dtype: storage dtype of the result (float16 halves the memory of many tokens).
+        show_progress: show a progress bar over batches.
+
+    Returns:
+        ``[total positions, n_layers + 1, d_model]``, prompt by prompt in input order, positions
+        in the order given.
+    """
+    if len(input_ids) != len(token_positions):
+        raise ValueError(f"{len(input_ids)} prompts but {len(token_positions)} position lists")
+    counts = np.array([len(p) for p in token_positions])
+    offsets = np.concatenate([[0], np.cumsum(counts)])
+    result = np.empty((offsets[-1], model.n_layers + 1, model.d_model), dtype=dtype)
+    order = np.argsort([-len(ids) for ids in input_ids], kind="stable")
+    batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    with torch.inference_mode(), _PositionRecorder(model, include_mlp_out=False) as recorder:
+        for rows in tqdm(batches, desc=f"extract tokens {model.alias}", unit="batch", leave=False,
+                         disable=not show_progress):
+            ids, mask = pad_right([input_ids[r] for r in rows], model)
+            recorder.select(np.repeat(np.arange(len(rows)), counts[rows]),
+                            np.concatenate([np.asarray(token_positions[r], int) for r in rows]))
+            with contextlib.suppress(_StopForward):
+                model.hf_model.base_model(input_ids=ids, attention_mask=mask, use_cache=False)
+            picked = recorder.collect()["resid"].float().cpu().numpy()
+            targets = np.concatenate([np.arange(offsets[r], offsets[r + 1]) for r in rows])
+            result[targets] = picked.astype(dtype)
+    return result
 
 
 def _assemble(pending: list, kinds: list[str], n_prompts: int) -> dict[str, dict[str, np.ndarray]]:
@@ -98,6 +142,7 @@ class _PositionRecorder(contextlib.AbstractContextManager):
         self._layers = model.decoder_layers
         self._include_mlp_out = include_mlp_out
         self._handles: list = []
+        self._rows: torch.Tensor | None = None
         self._cols: torch.Tensor | None = None
         self._resid: list[torch.Tensor] = []
         self._mlp: list[torch.Tensor] = []
@@ -115,24 +160,22 @@ class _PositionRecorder(contextlib.AbstractContextManager):
             handle.remove()
         return False
 
-    def select(self, token_positions: np.ndarray) -> None:
-        """Positions for the next batch: all kinds stacked, ``[n_kinds * batch]``."""
+    def select(self, rows: np.ndarray, token_positions: np.ndarray) -> None:
+        """What to keep of the next batch: pairs (row in the batch, token index), ``[n_picked]`` each."""
         device = next(self._layers[0].parameters()).device
+        self._rows = torch.as_tensor(rows, device=device)
         self._cols = torch.as_tensor(token_positions, device=device)
         self._resid, self._mlp = [], []
 
     def collect(self) -> dict[str, torch.Tensor]:
-        """``resid``: ``[n_kinds * batch, n_layers + 1, d]``; ``mlp_out``: ``[..., n_layers, d]``."""
+        """``resid``: ``[n_picked, n_layers + 1, d]``; ``mlp_out``: ``[n_picked, n_layers, d]``."""
         out = {"resid": torch.stack(self._resid, dim=1)}
         if self._include_mlp_out:
             out["mlp_out"] = torch.stack(self._mlp, dim=1)
         return out
 
     def _pick(self, hidden: torch.Tensor) -> torch.Tensor:
-        batch = hidden.shape[0]
-        # row i of kind k sits at k * batch + i, matching the stacked positions from `select`
-        rows = torch.arange(batch, device=hidden.device).repeat(len(self._cols) // batch)
-        return hidden[rows, self._cols.to(hidden.device)]
+        return hidden[self._rows.to(hidden.device), self._cols.to(hidden.device)]
 
     def _keep_input(self, _module, args, kwargs):
         self._resid.append(self._pick(args[0] if args else kwargs["hidden_states"]))

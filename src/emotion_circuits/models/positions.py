@@ -6,6 +6,7 @@ into several tokens and added BOS tokens; the offset mapping of a fast tokenizer
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -83,3 +84,34 @@ def _last_visible_char(text: str, start: int, end: int) -> int | None:
     """Index of the last non-whitespace character in ``text[start:end]`` (whitespace maps to no token)."""
     stripped = text[start:min(end, len(text))].rstrip()
     return start + len(stripped) - 1 if stripped and start >= 0 else None
+
+
+_WORD = re.compile(r"\S+")
+
+
+def word_end_positions(tokenizer, texts: Sequence[str]) -> tuple[list[list[int]], list[np.ndarray], list[np.ndarray]]:
+    """Token ids and the last token of every whitespace-delimited word, per text.
+
+    Words are what two models with different tokenizers share: the residual at a word's last
+    token in model A and in model B describe the same text, so such pairs can fit a map A → B.
+    The first token of a sequence is skipped (the attention sink of models without BOS), and a
+    token that ends several words counts once (for the last of them).
+
+    Returns:
+        ``input_ids`` per text; per text ``word_index`` ``[n_words_kept]`` (index among the text's
+        words) and ``token_index`` ``[n_words_kept]`` (position in its ids).
+    """
+    if not getattr(tokenizer, "is_fast", False):
+        raise ValueError("Word positions need a fast tokenizer (character offsets).")
+    encoded = tokenizer(list(texts))
+    word_indices, token_indices = [], []
+    for i, text in enumerate(texts):
+        by_token: dict[int, int] = {}
+        for w, match in enumerate(_WORD.finditer(text)):
+            token = encoded.char_to_token(i, match.end() - 1)
+            if token is not None and token > 0:
+                by_token[token] = w
+        tokens = np.array(sorted(by_token), dtype=int)
+        word_indices.append(np.array([by_token[t] for t in tokens], dtype=int))
+        token_indices.append(tokens)
+    return list(encoded["input_ids"]), word_indices, token_indices

@@ -6,13 +6,14 @@ import logging
 import time
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
-from emotion_circuits.contracts import Activations
+from emotion_circuits.contracts import Activations, TokenActivations
 from emotion_circuits.models import LoadedModel
 from emotion_circuits.models.architecture import mlp_hook_names, resid_hook_names
-from emotion_circuits.models.extraction import extract_residuals
-from emotion_circuits.models.positions import tokenize_with_positions
+from emotion_circuits.models.extraction import extract_residuals, extract_token_residuals
+from emotion_circuits.models.positions import tokenize_with_positions, word_end_positions
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +49,41 @@ def extract_activations(model: LoadedModel, emotion_prompts: pd.DataFrame, param
                         zip(tokenized.input_ids, tokenized.span_end_positions)],
         dtype=str(model.dtype).removeprefix("torch."), mlp_out=arrays.get("mlp_out"),
         mlp_hook_names=mlp_hook_names(model.n_layers) if params["include_mlp_out"] else None,
+    )
+
+
+def extract_neutral_tokens(model: LoadedModel, emotion_prompts: pd.DataFrame, neutral_passages: pd.DataFrame,
+                           params: dict[str, Any]) -> TokenActivations:
+    """Residual stream at the last token of every word of the neutral prompts and corpus passages.
+
+    These rows are what maps between two models are fitted on: thousands of paired samples, so a
+    map of d_A × d_B parameters is determined on the whole residual stream, not only on the span of
+    a few hundred prompts.
+
+    Args:
+        model: the model handle.
+        emotion_prompts: the prompt table (its ``neutral`` rows are used, all splits).
+        neutral_passages: passages of the offline corpus (``id``, ``text``, ``source``).
+        params: the ``activations`` group (``batch_size``).
+
+    Returns:
+        `TokenActivations`: float16 ``[n_words, n_layers + 1, d_model]`` with the text id and word
+        index of every row.
+    """
+    neutral = emotion_prompts[emotion_prompts.emotion == "neutral"]
+    ids = [*neutral["id"], *neutral_passages["id"]]
+    texts = [*neutral["text"], *neutral_passages["text"]]
+    input_ids, word_index, token_index = word_end_positions(model.tokenizer, texts)
+    started = time.perf_counter()
+    resid = extract_token_residuals(model, input_ids, token_index, params["batch_size"])
+    logger.info("%s: %d neutral words of %d texts in %.1f s", model.alias, len(resid), len(ids),
+                time.perf_counter() - started)
+    return TokenActivations(
+        model=model.alias, n_layers=model.n_layers, d_model=model.d_model,
+        hook_names=resid_hook_names(model.n_layers),
+        text_ids=[text_id for text_id, words in zip(ids, word_index) for _ in words],
+        word_index=np.concatenate(word_index), resid=resid,
+        corpus=", ".join(dict.fromkeys(neutral_passages["source"])),
     )
 
 

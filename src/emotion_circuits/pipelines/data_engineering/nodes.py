@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 import matplotlib.pyplot as plt
@@ -101,6 +102,33 @@ def validate_real_world_prompts(raw_real_world_prompts: pd.DataFrame, params: di
     return _with_trigger_spans(df)
 
 
+def split_neutral_passages(neutral_corpus: dict, params: dict[str, Any]) -> pd.DataFrame:
+    """Cuts an offline English corpus into prompt-sized passages of whole sentences.
+
+    The passages add neutral text to the neutral prompts for fitting maps between models: a map
+    from d_A to d_B dimensions needs many more samples than dimensions (DESIGN §6).
+
+    Args:
+        neutral_corpus: ``{"source", "text"}`` with one document per line (`PackageTextDataset`).
+        params: the ``data_engineering`` group (``neutral_corpus.passage_words``, ``.max_words``).
+
+    Returns:
+        One row per passage: ``id`` (``corpus_<doc>_<k>``), ``source``, ``text``, ``n_words``; the
+        documents in file order until ``max_words`` words are reached.
+    """
+    settings = params["neutral_corpus"]
+    rows, total = [], 0
+    for doc, line in enumerate(neutral_corpus["text"].splitlines()):
+        for k, passage in enumerate(_passages(line, settings["passage_words"])):
+            if total >= settings["max_words"]:
+                break
+            rows.append((f"corpus_{doc:03d}_{k:02d}", neutral_corpus["source"], passage, len(passage.split())))
+            total += rows[-1][-1]
+    if not rows:
+        raise ValueError(f"The neutral corpus {neutral_corpus['source']} has no text.")
+    return pd.DataFrame(rows, columns=["id", "source", "text", "n_words"])
+
+
 def summarise_prompts(emotion_prompts: pd.DataFrame, real_world_prompts: pd.DataFrame) -> pd.DataFrame:
     """Counts and length statistics per prompt set, emotion and split.
 
@@ -163,3 +191,17 @@ def _length_match_p(df: pd.DataFrame, emotion: str, split: str) -> float:
     if len(these) == 0 or len(neutral) == 0:
         return float("nan")
     return float(stats.mannwhitneyu(these, neutral).pvalue)
+
+
+def _passages(document: str, max_words: int) -> list[str]:
+    """Consecutive whole sentences of ``document`` grouped into passages of at most ``max_words`` words."""
+    passages, current = [], []
+    for sentence in re.split(r"(?<=[.!?])\s+", document.strip()):
+        words = sentence.split()
+        if current and len(current) + len(words) > max_words:
+            passages.append(" ".join(current))
+            current = []
+        current += words
+    if len(current) >= 5:  # a fragment shorter than a prompt is not worth a forward pass
+        passages.append(" ".join(current))
+    return passages
