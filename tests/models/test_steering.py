@@ -42,22 +42,46 @@ def test_hook_adds_exactly_alpha_v_at_window_positions_only(architecture, hook_k
     steering = Steering(f"blocks.1.hook_resid_{hook_kind}", prompt_tokens=2, generated_tokens=3,
                         schedule="exp_decay", decay_rate=0.5)
     try:
-        steered_generate(model, prompts, steering, vectors, alphas, max_new_tokens=6, min_new_tokens=6,
-                         show_progress=False)
+        out = steered_generate(model, prompts, steering, vectors, alphas, max_new_tokens=6, min_new_tokens=6,
+                               show_progress=False, return_norms=True)
     finally:
         for handle in handles:
             handle.remove()
     assert len(before) == len(after) == 6  # prefill + 5 decoding steps for 6 new tokens
     per_row = torch.from_numpy(alphas[:, None] * vectors)[:, None, :]
+    sums = np.zeros((3, 2))  # per row: Σ‖h‖ and Σ‖change‖ over the steered positions, and their count
     for step, (plain, steered) in enumerate(zip(before, after)):
         delta = steered - plain
         n_window = 2 if step == 0 else (1 if step <= 3 else 0)
         expected = torch.zeros_like(delta)
         if n_window:
             expected[:, -n_window:] = per_row * np.exp(-0.5 * step)
+            sums += [plain[:, -n_window:].norm(dim=-1).sum(1).numpy(), delta[:, -n_window:].norm(dim=-1).sum(1).numpy(),
+                     [n_window] * 2]
         torch.testing.assert_close(delta, expected, rtol=0, atol=1e-5)
         untouched = delta[:, :delta.shape[1] - n_window]
         assert torch.count_nonzero(untouched) == 0  # exactly nothing elsewhere
+    # the recorded norms are those of the residuals the hook modified, before the change, and of the change
+    np.testing.assert_allclose(out.resid_norm, sums[0] / sums[2], rtol=1e-5)
+    np.testing.assert_allclose(out.steer_norm, sums[1] / sums[2], rtol=1e-4)
+    decays = np.exp(-0.5 * np.array([0, 0, 1, 2, 3]))  # 2 prompt positions at step 0, then steps 1–3
+    np.testing.assert_allclose(out.steer_norm, np.abs(alphas) * np.linalg.norm(vectors, axis=1) * decays.mean(),
+                               rtol=1e-4)
+
+
+def test_norms_are_nan_where_nothing_is_steered_and_swap_records_the_replacement(gpt2_style_tokenizer):
+    model = tiny_model("llama", gpt2_style_tokenizer)
+    prompts = _ids(model)
+    vectors = np.random.default_rng(3).standard_normal((len(prompts), model.d_model)).astype(np.float32)
+    alphas = np.array([0.0, 1.0, 0.5, 2.0], np.float32)
+    out = steered_generate(model, prompts, Steering("blocks.0.hook_resid_post", prompt_tokens=1, generated_tokens=0,
+                                                    mode="swap"), vectors, alphas, max_new_tokens=3,
+                           show_progress=False, return_norms=True)
+    assert np.isnan(out.resid_norm[0]) and np.isnan(out.steer_norm[0])  # α = 0 changes nothing
+    assert np.isfinite(out.resid_norm[1:]).all() and (out.steer_norm[1:] > 0).all()
+    plain = steered_generate(model, prompts, max_new_tokens=3, show_progress=False, return_norms=True)
+    assert np.isnan(plain.resid_norm).all() and plain.ids == steered_generate(model, prompts, max_new_tokens=3,
+                                                                               show_progress=False)
 
 
 def test_alpha_zero_reproduces_unsteered_generation_token_for_token(gpt2_style_tokenizer):

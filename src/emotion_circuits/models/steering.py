@@ -16,6 +16,10 @@ Schedule: α at step ``s`` (``s = 0`` in the prefill) is multiplied by 1 (``cons
 
 Mode: ``add`` writes ``h + α v``; ``swap`` writes ``h + α (v − h)``, so α = 1 replaces the residual
 with ``v`` (e.g. an emotion prompt's residual) and α = 0 leaves it alone.
+
+Norms: with ``return_norms=True`` the hook also records, per row, the mean ``‖h‖`` of the residuals it
+modifies (before the change) and the mean ``‖change‖`` it writes, over every steered position of the
+prompt window and the decoding steps, so ``‖α v‖ / ‖resid‖`` is known at the positions actually steered.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -89,6 +94,22 @@ class Steering:
         return 1.0
 
 
+class SteeredOutput(NamedTuple):
+    """What `steered_generate` returns with ``return_norms=True``.
+
+    Attributes:
+        ids: generated token ids per row (as without ``return_norms``).
+        resid_norm: ``[n_rows]`` mean ``‖h‖`` over the positions the hook modified, before the change
+            (NaN where nothing was steered: no steering, α = 0 or an empty window).
+        steer_norm: ``[n_rows]`` mean ``‖change‖`` written at those positions (``‖α·schedule·v‖`` in
+            ``add`` mode, ``‖α (v − h)‖`` in ``swap`` mode).
+    """
+
+    ids: list[list[int]]
+    resid_norm: np.ndarray
+    steer_norm: np.ndarray
+
+
 def resid_index(hook_name: str) -> int:
     """Index of a hook into ``[n_layers + 1]`` residual arrays (0 = ``blocks.0.hook_resid_pre``)."""
     match = _HOOK_NAME.match(hook_name)
@@ -112,7 +133,8 @@ def steered_generate(
     seed: int = 0,
     share_prompt_prefix: bool = False,
     show_progress: bool = True,
-) -> list[list[int]]:
+    return_norms: bool = False,
+) -> list[list[int]] | SteeredOutput:
     """Generates a continuation per prompt, each row steered by its own ``alphas[i] * vectors[i]``.
 
     Args:
@@ -135,9 +157,11 @@ def steered_generate(
             row): a sweep steers each prompt many times. Same tokens as without, up to float
             rounding.
         show_progress: show a progress bar over batches.
+        return_norms: also return the residual and steering norms at the steered positions.
 
     Returns:
-        Generated token ids per row, in input order, cut before the first end-of-sequence token.
+        Generated token ids per row, in input order, cut before the first end-of-sequence token; with
+        ``return_norms`` a `SteeredOutput` holding them and the per-row norms.
     """
     n_rows = len(prompts)
     if n_rows == 0:
@@ -148,6 +172,7 @@ def steered_generate(
     batches = (_shared_prompt_batches(prompts, steering, batch_size) if share_prompt_prefix
                else _padded_batches(prompts, batch_size))
     generated: list[list[int]] = [[] for _ in range(n_rows)]
+    norms = np.full((2, n_rows), np.nan)
     for number, (rows, prefix_len) in enumerate(tqdm(batches, desc=f"generate {model.alias}", unit="batch",
                                                       leave=False, disable=not show_progress)):
         input_ids, mask = pad_left([prompts[r] for r in rows], model)
@@ -161,6 +186,10 @@ def steered_generate(
                                              generation_config=config)
         for row, ids in zip(rows, output[:, input_ids.shape[1]:].tolist()):
             generated[row] = _cut_at_eos(ids, config.eos_token_id)
+        if steering is not None:
+            norms[:, rows] = steerer.mean_norms()
+    if return_norms:
+        return SteeredOutput(generated, norms[0], norms[1])
     return generated
 
 
@@ -246,6 +275,8 @@ class _Steerer(contextlib.AbstractContextManager):
         self._alphas = alphas.to(model.device)[:, None, None]
         self._step = 0
         self._handle = None
+        # per row: summed ‖h‖ before the change, summed ‖change‖, number of steered positions
+        self._sums = torch.zeros(3, len(alphas), dtype=torch.float32, device=model.device)
 
     def __enter__(self):
         if self._steering.after_block:
@@ -279,10 +310,26 @@ class _Steerer(contextlib.AbstractContextManager):
         window = hidden[:, -n_steered:]
         alpha = (self._alphas * multiplier).to(hidden.dtype)
         if self._steering.mode == "add":
-            hidden[:, -n_steered:] = window + alpha * self._vectors
+            change = (alpha * self._vectors).expand_as(window)
         else:
-            hidden[:, -n_steered:] = window + alpha * (self._vectors - window)
+            change = alpha * (self._vectors - window)
+        self._record(window, change)
+        hidden[:, -n_steered:] = window + change
         return hidden
+
+    def _record(self, window: torch.Tensor, change: torch.Tensor) -> None:
+        """Adds this step's per-row norms (float32) of the steered residuals and of the change."""
+        self._sums[0] += window.float().norm(dim=-1).sum(dim=1)
+        self._sums[1] += change.float().norm(dim=-1).sum(dim=1)
+        self._sums[2] += window.shape[1]
+
+    def mean_norms(self) -> np.ndarray:
+        """``[2, batch]`` mean ``‖h‖`` and mean ``‖change‖`` per row; NaN where nothing was changed."""
+        sums = self._sums.cpu().numpy().astype(np.float64)
+        steered = (sums[2] > 0) & (sums[1] > 0)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            means = sums[:2] / sums[2]
+        return np.where(steered, means, np.nan)
 
     def _window(self, step: int, seq_len: int) -> int:
         """How many of the last ``seq_len`` positions this step steers."""

@@ -4,6 +4,16 @@ Convention for α: every direction is a unit vector per layer, scaled by the *ty
 norm* at the steered hook, the median ‖resid‖ of the neutral prompts at their last token. So
 α = 0.5 adds a vector half as long as the residual stream usually is there, whatever the layer or
 model, and emotion and random directions have the same norm by construction.
+
+Two kinds of random control directions, both unit-normed per layer like every direction:
+
+- ``random/NN`` (``n_random``): isotropic Gaussian. The residual stream is strongly anisotropic,
+  so these point mostly into directions the model never writes to; on Gemma 3 they break the text.
+- ``random_cov/NN`` (``n_random_cov``): drawn per layer from N(0, Σ), Σ the sample covariance of the
+  neutral prompts' residuals at their last token (the position steering acts on). With n neutral
+  prompts (n < d) this is drawn exactly as ``z = X_cᵀ w / sqrt(n − 1)``, ``X_c`` the centred
+  residuals ``[n, d]`` and ``w ~ N(0, I_n)``: Gaussian with covariance ``X_cᵀ X_c / (n − 1)``. They
+  live where emotion directions live, so "beyond random_cov" is the control that can fail.
 """
 
 from __future__ import annotations
@@ -30,6 +40,8 @@ from emotion_circuits.statistics import rng
 logger = logging.getLogger(__name__)
 
 EMOTION_KINDS = ("trigger", "sentence_end", "subspace")
+RANDOM_KINDS = ("random", "random_cov")
+METRIC_TESTS = ("one_sided_sign_alpha", "two_sided_sign_alpha", "two_sided")
 PLAN_COLUMNS = ["prompt_id", "kind", "emotion", "direction", "layer", "hook_name", "alpha"]
 
 
@@ -64,9 +76,11 @@ def build_steering_directions(activations: Activations, emotion_vectors: Emotion
 
     Returns:
         `SteeringDirections`: ``typical_norm`` ``[n_layers + 1]``, unit ``directions`` ``[n_layers +
-        1, d_model]`` named ``trigger/anger``, ``subspace/anger``, ``random/07``, and swap sources.
+        1, d_model]`` named ``trigger/anger``, ``subspace/anger``, ``random/07``, ``random_cov/07``, and
+        swap sources.
     """
     check_same_model(activations, emotion_vectors, emotion_subspaces)
+    check_declared_tests(params)
     random_rng = rng(seed, "patching.random_directions")
     n_positions, d_model = activations.resid["sentence_end"].shape[1:]
     directions = {}
@@ -76,6 +90,9 @@ def build_steering_directions(activations: Activations, emotion_vectors: Emotion
                                                                        emotion_subspaces, params))
     for j in range(params["n_random"]):
         directions[f"random/{j:02d}"] = _unit(random_rng.standard_normal((n_positions, d_model)))
+    covariance_shaped = _covariance_shaped(activations, params.get("n_random_cov", 0),
+                                           rng(seed, "patching.random_cov_directions"))
+    directions |= {f"random_cov/{j:02d}": _unit(z) for j, z in enumerate(covariance_shaped)}
     return SteeringDirections(model=activations.model, hook_names=activations.hook_names,
                               typical_norm=_typical_norm(activations), directions=directions,
                               swap_sources=_swap_sources(activations, params, rng(seed, "patching.swap_sources")))
@@ -91,7 +108,8 @@ def plan_steering_sweep(steering_prompts: pd.DataFrame, steering_directions: Ste
     Returns:
         ``PLAN_COLUMNS``: prompt_id, kind (baseline, trigger, sentence_end, subspace, random, swap),
         emotion ("" for baseline and random), direction (a direction name or a swap source id),
-        layer (block index, -1 for the baseline), hook_name, alpha.
+        layer (block index, -1 for the baseline), hook_name, alpha. Random kinds (``random``,
+        ``random_cov``) have emotion "".
     """
     n_layers = len(steering_directions.hook_names) - 1
     layers = steering_layers(params, n_layers)
@@ -103,7 +121,7 @@ def plan_steering_sweep(steering_prompts: pd.DataFrame, steering_directions: Ste
         for layer, hook in zip(layers, hooks):
             for name in steering_directions.directions:
                 kind, label = name.split("/")
-                emotion = "" if kind == "random" else label
+                emotion = "" if kind in RANDOM_KINDS else label
                 rows += [(prompt_id, kind, emotion, name, layer, hook, alpha) for alpha in alphas]
             for emotion, sources in steering_directions.swap_sources.items():
                 source = sources["ids"][prompt_number % len(sources["ids"])]
@@ -119,8 +137,10 @@ def generate_steered(model: LoadedModel, steering_prompts: pd.DataFrame, steerin
     """Runs every planned generation, batching rows that share a hook and mode.
 
     Returns:
-        The plan with ``prompt_ids`` (the prompt's token ids), ``generated_ids`` and ``text`` (the
-        generated continuation only).
+        The plan with ``prompt_ids`` (the prompt's token ids), ``generated_ids``, ``text`` (the
+        generated continuation only), and ``resid_norm`` / ``steer_norm``: the mean ‖h‖ of the
+        residuals the hook modified (before the change) and the mean ‖change‖ it wrote, over the
+        steered positions of that generation (NaN for the baseline).
     """
     if steering_directions.model != model.alias:
         raise ValueError(f"Steering directions come from {steering_directions.model!r}, "
@@ -129,37 +149,101 @@ def generate_steered(model: LoadedModel, steering_prompts: pd.DataFrame, steerin
     prompt_ids = dict(zip(texts.index, model.tokenizer(texts.tolist()).input_ids))
     plan = steering_plan.reset_index(drop=True)
     generated: list = [None] * len(plan)
+    norms = np.full((2, len(plan)), np.nan)
     for (hook, mode), group in plan.groupby([plan.hook_name, plan.kind.eq("swap")], sort=False):
         steering, vectors = _group_steering(hook, mode, group, steering_directions, params)
         rows = group.index.to_numpy()
         out = steered_generate(model, [prompt_ids[p] for p in group.prompt_id], steering, vectors,
                                group.alpha.to_numpy(), batch_size=params["generation"]["batch_size"],
                                **_sampling(params, seed), max_new_tokens=params["generation"]["max_new_tokens"],
-                               share_prompt_prefix=True)
-        for row, ids in zip(rows, out):
+                               share_prompt_prefix=True, return_norms=True)
+        for row, ids in zip(rows, out.ids):
             generated[row] = ids
+        norms[:, rows] = out.resid_norm, out.steer_norm
     return plan.assign(prompt_ids=[prompt_ids[p] for p in plan.prompt_id], generated_ids=generated,
-                       text=model.tokenizer.batch_decode(generated, skip_special_tokens=True))
+                       text=model.tokenizer.batch_decode(generated, skip_special_tokens=True),
+                       resid_norm=norms[0], steer_norm=norms[1])
 
 
 def score_generations(model: LoadedModel, steered_generations: pd.DataFrame, evaluator_prototypes: dict,
                       evaluator_lexicons: dict, params: dict[str, Any]) -> pd.DataFrame:
-    """Adds fluency (perplexity under the unsteered model) and every evaluator's metrics.
+    """Adds fluency (perplexity under the unsteered model), every evaluator's metrics and the contrasts.
 
     Returns:
         ``patching_results``: one row per generation with the plan, the text, ``n_new_tokens``,
-        ``perplexity`` and one column per evaluator metric.
+        ``resid_norm``, ``steer_norm``, ``steer_ratio`` (= steer_norm / resid_norm, ‖α·v‖ / ‖resid‖
+        at the positions steered), ``perplexity``, ``log_perplexity``, one column per evaluator
+        metric and the contrastive scores of `contrast_scores`.
     """
     evaluators = build_evaluators(params["evaluators"], evaluator_prototypes["classes"], evaluator_lexicons,
                                   device=str(model.device))
-    _check_metrics_exist(params, [m for e in evaluators for m in e.metrics] + ["perplexity"])
+    evaluator_metrics = [m for e in evaluators for m in e.metrics]
+    _check_metrics_exist(params, [*evaluator_metrics, "perplexity", "log_perplexity",
+                                  *contrast_names(params, evaluator_metrics)])
     generations = steered_generations.reset_index(drop=True)
+    generations = generations.assign(**{c: np.nan for c in ("resid_norm", "steer_norm") if c not in generations})
     perplexity = continuation_perplexity(model, list(generations.prompt_ids), list(generations.generated_ids),
                                          batch_size=params["fluency_batch_size"])
     metrics = score_texts(evaluators, generations.text.tolist())
     results = generations.drop(columns=["prompt_ids", "generated_ids"]).assign(
-        model=model.alias, n_new_tokens=generations.generated_ids.map(len), perplexity=perplexity)
-    return pd.concat([results, metrics], axis=1)
+        model=model.alias, n_new_tokens=generations.generated_ids.map(len),
+        steer_ratio=generations.steer_norm / generations.resid_norm, perplexity=perplexity,
+        log_perplexity=np.log(perplexity))
+    return pd.concat([results, metrics, contrast_scores(metrics, params)], axis=1)
+
+
+def contrast_scores(metrics: pd.DataFrame, params: dict[str, Any]) -> pd.DataFrame:
+    """Contrastive emotion scores: an emotion's score minus the mean of the other emotions' scores.
+
+    For each evaluator family in ``params["contrast"]`` whose columns were all scored,
+    ``contrast[_<family>]_<emotion> = score(emotion) − mean(score(e') for the other emotions e' of the
+    mapping, plus ``extra_reference`` columns)``. The ``prototype`` family is unprefixed
+    (``contrast_gratitude``); others are ``contrast_goemotions_gratitude``. A direction that makes the
+    text more emotional in general raises every score alike and leaves the contrasts unchanged. With
+    the default reference (the studied emotions only) the contrasts of one family sum to 0.
+
+    Args:
+        metrics: evaluator scores, one row per text.
+        params: the ``patching`` group (``contrast``).
+
+    Returns:
+        One column per contrast, same rows as ``metrics``.
+    """
+    columns = {}
+    for family, spec in _contrast_families(params, list(metrics.columns)).items():
+        for emotion, column in spec["scores"].items():
+            reference = [c for e, c in spec["scores"].items() if e != emotion] + list(spec.get("extra_reference", []))
+            columns[contrast_name(family, emotion)] = metrics[column] - metrics[reference].mean(axis=1)
+    return pd.DataFrame(columns, index=metrics.index)
+
+
+def contrast_names(params: dict[str, Any], metrics: list[str]) -> list[str]:
+    """Names of the contrast columns `contrast_scores` makes from evaluators giving ``metrics``."""
+    return [contrast_name(family, emotion) for family, spec in _contrast_families(params, metrics).items()
+            for emotion in spec["scores"]]
+
+
+def check_declared_tests(params: dict[str, Any]) -> None:
+    """The declared primary kind, control and per-metric tests must exist (checked before generation)."""
+    primary, random_counts = params["primary"], {"random": params["n_random"],
+                                                 "random_cov": params.get("n_random_cov", 0)}
+    problems = []
+    if primary["kind"] not in params["vector_kinds"]:
+        problems.append(f"primary.kind={primary['kind']!r} is not in vector_kinds {params['vector_kinds']}")
+    if random_counts.get(primary["control"], 0) < 2:
+        problems.append(f"primary.control={primary['control']!r} needs at least 2 directions of a kind in "
+                        f"{RANDOM_KINDS} (n_random={params['n_random']}, n_random_cov={random_counts['random_cov']})")
+    if primary["metric"] not in ("target", "raw"):
+        problems.append(f"primary.metric={primary['metric']!r} is not 'target' (target_metrics) or 'raw' "
+                        "(the evaluator score the target contrast is built from)")
+    if primary["test"] not in ("prediction_t", "rank"):
+        problems.append(f"primary.test={primary['test']!r} is not 'prediction_t' or 'rank'")
+    problems += [f"metric_tests[{k!r}]={v!r} is not one of {METRIC_TESTS}"
+                 for k, v in params["metric_tests"].items() if v not in METRIC_TESTS]
+    problems += [f"fluency.controls has {c!r}, not one of {RANDOM_KINDS}"
+                 for c in params["fluency"]["controls"] if c not in RANDOM_KINDS]
+    if problems:
+        raise ValueError("Parameters patching." + "; patching.".join(problems) + ".")
 
 
 def steering_layers(params: dict[str, Any], n_layers: int) -> list[int]:
@@ -215,6 +299,37 @@ def _emotion_direction(kind: str, emotion: str, emotion_vectors: EmotionVectors,
     # eigenvectors have arbitrary sign: point each layer's direction along the emotion's mean shift
     signs = np.sign(np.einsum("ld,ld->l", basis, by_emotion[emotion]))
     return basis * np.where(signs == 0, 1, signs)[:, None]
+
+
+def _covariance_shaped(activations: Activations, n: int, draw_rng: np.random.Generator) -> np.ndarray:
+    """``[n, n_layers + 1, d_model]`` draws from N(0, Σ_l) per layer, Σ_l the neutral residuals' covariance.
+
+    ``z = X_cᵀ w / sqrt(m − 1)`` with ``X_c`` the m centred neutral sentence-end residuals and ``w ~
+    N(0, I_m)`` (one ``w`` per direction, shared by the layers, so ``random_cov/NN`` is one draw of
+    prompt weights). Not normalised.
+    """
+    if n <= 0:
+        return np.zeros((0, *activations.resid["sentence_end"].shape[1:]), np.float32)
+    neutral = (np.asarray(activations.emotions) == "neutral") & activations.usable_rows("sentence_end")
+    resid = activations.resid["sentence_end"][neutral].astype(np.float64)
+    if len(resid) < 2:
+        raise ValueError(f"Activations of {activations.model} have {len(resid)} usable neutral prompts; "
+                         "covariance-shaped random directions (patching.n_random_cov) need at least 2.")
+    centred = resid - resid.mean(axis=0)
+    weights = draw_rng.standard_normal((n, len(resid)))
+    return np.einsum("mld,km->kld", centred, weights) / np.sqrt(len(resid) - 1)
+
+
+def _contrast_families(params: dict[str, Any], metrics: list[str]) -> dict[str, dict]:
+    """The ``contrast`` families whose score columns (and extra reference columns) are all in ``metrics``."""
+    available = set(metrics)
+    return {family: spec for family, spec in (params.get("contrast") or {}).items()
+            if {*spec["scores"].values(), *spec.get("extra_reference", [])} <= available}
+
+
+def contrast_name(family: str, emotion: str) -> str:
+    """Column name of the contrast of ``emotion`` in evaluator ``family`` (``prototype`` is unprefixed)."""
+    return f"contrast_{emotion}" if family == "prototype" else f"contrast_{family}_{emotion}"
 
 
 def _typical_norm(activations: Activations) -> np.ndarray:

@@ -8,7 +8,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from emotion_circuits.pipelines.patching.analysis import paired_deltas
+from emotion_circuits.pipelines.patching.analysis import paired_deltas, prompt_effects
+from emotion_circuits.pipelines.patching.nodes import RANDOM_KINDS
 
 
 def plot_heatmaps(summary: pd.DataFrame, params: dict[str, Any]) -> plt.Figure:
@@ -36,9 +37,10 @@ def plot_heatmaps(summary: pd.DataFrame, params: dict[str, Any]) -> plt.Figure:
 
 
 def plot_effect_violins(results: pd.DataFrame, params: dict[str, Any]) -> plt.Figure:
-    """Per-generation sign(α)·Δ of each emotion's target metric, by vector kind (random included).
+    """Per-generation sign(α)·Δ of each emotion's target metric, by vector kind (random kinds included).
 
-    All layers and α values are pooled, so the violins compare kinds, not settings.
+    All layers and α values are pooled, so the violins compare kinds, not settings; descriptive only
+    (the tests use one effect per direction, see `analysis`).
     """
     long = paired_deltas(results)
     long = long[long.kind != "baseline"].assign(effect=lambda d: np.sign(d.alpha) * d.delta)
@@ -47,7 +49,7 @@ def plot_effect_violins(results: pd.DataFrame, params: dict[str, Any]) -> plt.Fi
     for ax, emotion in zip(axes[0], emotions):
         metric = params["target_metrics"][emotion]
         part = long[(long.metric == metric) & long.emotion.isin([emotion, ""])]
-        kinds = [k for k in [*params["vector_kinds"], "swap", "random"] if k in set(part.kind)]
+        kinds = [k for k in [*params["vector_kinds"], "swap", *RANDOM_KINDS] if k in set(part.kind)]
         data = [part[part.kind == k].effect.dropna().to_numpy() for k in kinds]
         ax.violinplot([d if len(d) else [np.nan] for d in data], showmedians=True)
         ax.axhline(0, color="grey", lw=0.8)
@@ -60,8 +62,10 @@ def plot_effect_violins(results: pd.DataFrame, params: dict[str, Any]) -> plt.Fi
 
 def plot_kind_comparison(comparison: pd.DataFrame, params: dict[str, Any]) -> plt.Figure:
     """Trigger vs sentence-end (vs subspace) directions: target-metric effect per layer, with the
-    random directions' 2.5–97.5 % range shaded; one panel per emotion (rows) and α (columns)."""
-    part = comparison[comparison.is_target]
+    declared control's (``primary.control``) per-direction 2.5–97.5 % range shaded; one panel per
+    emotion (rows) and α (columns)."""
+    control = params["primary"]["control"]
+    part = comparison[comparison.is_target & (comparison.control == control)]
     emotions, alphas = params["emotions"], sorted(part.alpha.unique())
     fig, axes = plt.subplots(len(emotions), len(alphas), figsize=(3.4 * len(alphas), 2.8 * len(emotions)),
                              squeeze=False, sharex=True)
@@ -71,7 +75,7 @@ def plot_kind_comparison(comparison: pd.DataFrame, params: dict[str, Any]) -> pl
             cells = part[(part.emotion == emotion) & (part.alpha == alpha)]
             band = cells.drop_duplicates("layer").sort_values("layer")
             ax.fill_between(band.layer, band.random_q025, band.random_q975, color="grey", alpha=0.3,
-                            label="random 95 %")
+                            label=f"{control} 95 %")
             for kind, group in cells.groupby("kind", sort=False):
                 ax.plot(group.layer, group.observed_delta, marker="o", label=kind)
             ax.axhline(0, color="grey", lw=0.8)
@@ -86,13 +90,67 @@ def plot_kind_comparison(comparison: pd.DataFrame, params: dict[str, Any]) -> pl
     return fig
 
 
-def _annotated_heatmap(ax: plt.Axes, grid: pd.DataFrame) -> None:
+def plot_off_target(off_target: pd.DataFrame, params: dict[str, Any]) -> plt.Figure:
+    """Direction × score matrices of the effect (combined over cells), one panel per kind and score kind.
+
+    Rows: each emotion's direction, then the random kinds' mean; columns: each emotion's score.
+    ``*`` marks q_baseline < alpha_level.
+    """
+    score_kinds = [k for k in ("target", "raw") if k in set(off_target.score_kind)]
+    kinds = [k for k in [*params["vector_kinds"]] if k in set(off_target.kind)]
+    fig, axes = plt.subplots(len(score_kinds), len(kinds), figsize=(3.8 * len(kinds), 3.2 * len(score_kinds)),
+                             squeeze=False)
+    for row, score_kind in enumerate(score_kinds):
+        for column, kind in enumerate(kinds):
+            part = off_target[(off_target.score_kind == score_kind) & off_target.kind.isin([kind, *RANDOM_KINDS])]
+            labels = part.emotion.where(part.emotion != "", part.kind)
+            grid = part.assign(label=labels).pivot_table(index="label", columns="score_emotion", values="effect",
+                                                         sort=False)
+            stars = part.assign(label=labels).pivot_table(index="label", columns="score_emotion", sort=False,
+                                                          values="q_baseline").reindex_like(grid)
+            _annotated_heatmap(axes[row, column], grid, stars.lt(params["alpha_level"]).to_numpy())
+            axes[row, column].set(xlabel="score of", ylabel="direction")
+            axes[row, column].set_title(f"{kind}: {score_kind} score, sign(α)·Δ", fontsize=9)
+    fig.suptitle(f"{off_target.model.iloc[0]}: every direction on every emotion's score (all cells)")
+    fig.tight_layout()
+    return fig
+
+
+def plot_fluency_matched(fluency: pd.DataFrame, results: pd.DataFrame, params: dict[str, Any]) -> plt.Figure:
+    """Target effect against fluency cost (Δ log-perplexity), per emotion: random directions as dots,
+    the regression line the fluency-matched test uses, emotion directions as labelled markers."""
+    targets = fluency.drop_duplicates("emotion").set_index("emotion").metric
+    targets = targets.reindex([e for e in params["emotions"] if e in targets.index])
+    effects = prompt_effects(results, params, [*targets, "log_perplexity"])
+    per_direction = effects.groupby(["kind", "direction", "metric"]).effect.mean().unstack("metric")
+    fig, axes = plt.subplots(1, len(targets), figsize=(4.4 * len(targets), 3.8), squeeze=False)
+    for ax, (emotion, metric) in zip(axes[0], targets.items()):
+        for kind, marker in zip(RANDOM_KINDS, ("o", "x")):
+            if kind in per_direction.index.get_level_values("kind"):
+                dots = per_direction.xs(kind, level="kind")
+                ax.scatter(dots.log_perplexity, dots[metric], marker=marker, color="grey", label=kind, s=18)
+        for row in fluency[fluency.emotion == emotion].itertuples():
+            ax.scatter(row.fluency_cost, row.effect, s=40, label=f"{row.kind} ({row.verdict})")
+        line = fluency[fluency.emotion == emotion].iloc[0]
+        if np.isfinite(line.slope):
+            xs = np.array(ax.get_xlim())
+            ax.plot(xs, line.predicted + line.slope * (xs - line.fluency_cost), color="black", lw=0.8)
+        ax.axhline(0, color="grey", lw=0.6)
+        ax.set(xlabel="Δ log-perplexity (fluency cost)", ylabel=f"sign(α)·Δ {metric}", title=emotion)
+        ax.legend(fontsize=6)
+    fig.suptitle(f"{fluency.model.iloc[0]}: target effect against fluency cost (all cells)")
+    fig.tight_layout()
+    return fig
+
+
+def _annotated_heatmap(ax: plt.Axes, grid: pd.DataFrame, marks: np.ndarray | None = None) -> None:
     values = grid.to_numpy(dtype=float)
     limit = np.nanmax(np.abs(values)) or 1.0
     image = ax.imshow(values, cmap="RdBu_r", vmin=-limit, vmax=limit, aspect="auto")
     ax.set(xticks=range(grid.shape[1]), yticks=range(grid.shape[0]), xlabel="α (× typical ‖resid‖)", ylabel="block")
-    ax.set_xticklabels([f"{a:g}" for a in grid.columns], fontsize=7)
+    ax.set_xticklabels([f"{a:g}" if isinstance(a, (int, float)) else str(a) for a in grid.columns], fontsize=7)
     ax.set_yticklabels(grid.index, fontsize=7)
     for (i, j), value in np.ndenumerate(values):
-        ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=6)
+        star = "*" if marks is not None and marks[i, j] else ""
+        ax.text(j, i, f"{value:.2f}{star}", ha="center", va="center", fontsize=6)
     plt.colorbar(image, ax=ax, fraction=0.046)
