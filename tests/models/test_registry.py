@@ -35,6 +35,7 @@ def test_missing_model_package_gives_the_install_command(monkeypatch):
 
 
 def test_local_paths_and_hub_ids(tmp_path):
+    (tmp_path / "config.json").write_text("{}")  # a model directory (save_pretrained writes config.json)
     assert resolve_model(str(tmp_path)).source == "local"
     with pytest.raises(ModelNotAvailableError, match="does not exist"):
         resolve_model(str(tmp_path / "missing.gguf"))

@@ -1,16 +1,19 @@
-"""A pickle dataset that stores a contract from `emotion_circuits.contracts` and checks it both ways."""
+"""A pickle dataset that stores a contract from `emotion_circuits.contracts` and checks it both ways.
+
+Saves are atomic and damaged versions are named, not loaded (`emotion_circuits.datasets.atomic`).
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
 from kedro.io.core import DatasetError
-from kedro_datasets.pickle import PickleDataset
 
 from emotion_circuits.contracts import CONTRACTS, ContractError
+from emotion_circuits.datasets.atomic import AtomicPickleDataset, _unwrapped
 
 
-class ContractDataset(PickleDataset):
+class ContractDataset(AtomicPickleDataset):
     """Saves a contract as its plain dict and loads it back validated, as the contract's class.
 
     Example catalog entry::
@@ -42,7 +45,7 @@ class ContractDataset(PickleDataset):
             data.validate()
         except ContractError as error:
             raise DatasetError(f"Refusing to save {self._filepath}: {error}") from error
-        super().save(data.to_dict())
+        _unwrapped(super().save)(self, data.to_dict())  # one version: Kedro's save wrapper runs once
 
     def _describe(self) -> dict[str, Any]:
         return {**super()._describe(), "contract": self._contract.__name__}

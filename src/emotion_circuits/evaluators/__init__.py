@@ -10,6 +10,7 @@ from emotion_circuits.evaluators.base import Evaluator, EvaluatorNotAvailableErr
 from emotion_circuits.evaluators.embedding import PrototypeEvaluator
 from emotion_circuits.evaluators.huggingface import HF_CLASSIFIERS, HuggingFaceClassifier
 from emotion_circuits.evaluators.lexicon import NrcEvaluator, PhraseCountEvaluator, PolitenessEvaluator, VaderEvaluator
+from emotion_circuits.progress import progress
 
 OFFLINE_EVALUATORS = ["vader", "prototype", "nrc", "keywords", "politeness_lexicon"]
 
@@ -39,9 +40,9 @@ def build_evaluators(names: Sequence[str], prototypes: dict, lexicons: dict, dev
     return [makers[n]() if n in makers else HuggingFaceClassifier(n, device=device) for n in names]
 
 
-def score_texts(evaluators: Sequence[Evaluator], texts: Sequence[str]) -> pd.DataFrame:
-    """All evaluators' metrics side by side, one row per text."""
-    return pd.concat([e.score(texts) for e in evaluators], axis=1)
+def score_texts(evaluators: Sequence[Evaluator], texts: Sequence[str], desc: str = "score texts") -> pd.DataFrame:
+    """All evaluators' metrics side by side, one row per text (``desc`` names the progress of the evaluators)."""
+    return pd.concat([e.score(texts) for e in progress(evaluators, desc, unit="evaluator")], axis=1)
 
 
 __all__ = [

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 from pathlib import Path
 
@@ -67,3 +68,44 @@ def _hub_unreachable_reason(repo_id: str) -> str | None:
     except Exception as error:  # noqa: BLE001 - any network failure means "unreachable"
         return f"{type(error).__name__}: {str(error).splitlines()[0][:160]}"
     return None
+
+
+def layer_count(spec: ModelSpec) -> int | None:
+    """Number of transformer blocks of ``spec`` without loading it, or None when that needs the model.
+
+    Registry entries say it; a local directory's ``config.json``, a ``.gguf`` file's header and a hub
+    model's config in the local Hugging Face cache tell it. Used to check layer parameters before work.
+    """
+    if spec.n_layers is not None:
+        return spec.n_layers
+    try:
+        if spec.source == "local" and spec.gguf_file:
+            return _gguf_block_count(Path(spec.location))
+        if spec.source == "local":
+            return _config_layers(json.loads((Path(spec.location) / "config.json").read_text()))
+        if spec.source == "hub":
+            from huggingface_hub import try_to_load_from_cache
+
+            cached = try_to_load_from_cache(spec.location, "config.json")
+            return _config_layers(json.loads(Path(cached).read_text())) if isinstance(cached, str) else None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return None
+
+
+def _config_layers(config: dict) -> int | None:
+    """``num_hidden_layers`` (or GPT-2's ``n_layer``, GPT-Neo's ``num_layers``) of a config, text part first."""
+    for part in (config.get("text_config") or {}, config):
+        for key in ("num_hidden_layers", "n_layer", "num_layers"):
+            if isinstance(part.get(key), int):
+                return part[key]
+    return None
+
+
+def _gguf_block_count(path: Path) -> int | None:
+    from gguf import GGUFReader
+
+    fields = GGUFReader(path).fields
+    architecture = bytes(fields["general.architecture"].parts[-1]).decode()
+    field = fields.get(f"{architecture}.block_count")
+    return int(field.parts[-1][0]) if field is not None else None

@@ -2,16 +2,20 @@
 
 GGUF files are dequantised to full precision once and cached as safetensors under
 ``$EMOTION_CIRCUITS_CACHE`` (default ``~/.cache/emotion_circuits``), keyed by the file's sha256,
-so the second load takes seconds.
+so the second load takes seconds. Several processes may load at once: one dequantises (under a
+file lock, into its own temporary directory renamed into place), the others wait for it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import importlib
 import logging
 import os
+import shutil
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -111,7 +115,7 @@ def load_model(name: str, device: str = "auto", dtype: str = "auto") -> LoadedMo
     torch_dtype = resolve_dtype(dtype, torch_device)
     logger.info("Loading %s (%s) on %s in %s", spec.alias, spec.location, torch_device, torch_dtype)
     if spec.gguf_file or spec.source == "package_gguf":
-        model_dir = _dequantised_gguf_dir(_gguf_path(spec), spec)
+        model_dir = _dequantised_gguf_dir(spec)
     else:
         model_dir = spec.location
     hf_model, tokenizer = _load_pretrained(model_dir, spec, torch_device, torch_dtype)
@@ -173,13 +177,38 @@ def _ensure_bos(tokenizer) -> None:
 
 
 def _gguf_path(spec: ModelSpec) -> Path:
+    """The GGUF file of ``spec``; call it holding `_cache_lock` (chunked packages assemble it on first use)."""
     if spec.source == "local":
         return Path(spec.location)
     module_dir = Path(importlib.util.find_spec(spec.location).submodule_search_locations[0])
     if spec.gguf_file:
         return module_dir / spec.gguf_file
-    # packages split into chunks assemble the verified file into the user cache on first use
-    return Path(importlib.import_module(spec.location).assemble())
+    return _assembled_gguf(importlib.import_module(spec.location))
+
+
+def _assembled_gguf(package) -> Path:
+    """Packages split into chunks join them into the user cache; done beside the target, then renamed.
+
+    The package's own ``assemble()`` writes its output in place, so a second process would read a
+    half-written file and an interrupted one would leave it behind for good (``FileExistsError`` on
+    every later run). Here a complete, verified file only ever appears by a rename.
+    """
+    default = getattr(package, "default_output_path", None)
+    if default is None:
+        return Path(package.assemble())
+    target = Path(default())
+    if target.exists():
+        try:
+            return Path(package.assemble(output_path=target))  # verifies the sha256 of what is there
+        except (FileExistsError, ValueError):
+            logger.warning("%s is incomplete or corrupt (an interrupted first run?); assembling it again", target)
+    partial = target.with_name(f".{target.name}.{os.getpid()}.partial")
+    try:
+        package.assemble(output_path=partial, overwrite=True)
+        os.replace(partial, target)
+    finally:
+        partial.unlink(missing_ok=True)
+    return target
 
 
 def cache_root() -> Path:
@@ -188,14 +217,75 @@ def cache_root() -> Path:
     return Path(os.environ.get("EMOTION_CIRCUITS_CACHE", default))
 
 
-def _dequantised_gguf_dir(gguf_path: Path, spec: ModelSpec) -> str:
-    """Dequantises ``gguf_path`` once into a cached ``save_pretrained`` directory; returns it."""
-    target = cache_root() / "dequantised" / f"{gguf_path.stem}-{_sha256(gguf_path)[:16]}"
-    if (target / "config.json").exists():
-        return str(target)
+@contextlib.contextmanager
+def _cache_lock(spec: ModelSpec):
+    """One process at a time prepares ``spec``'s cached files (others wait, then find them done).
+
+    A `filelock.FileLock` beside the cache: it is released when its process dies, so a killed run
+    never blocks the next one.
+    """
+    from filelock import FileLock
+
+    locks = cache_root() / "locks"
+    locks.mkdir(parents=True, exist_ok=True)
+    name = hashlib.sha256(f"{spec.source}:{spec.location}:{spec.gguf_file}".encode()).hexdigest()[:16]
+    lock = FileLock(str(locks / f"{name}.lock"))
+    try:
+        lock.acquire(timeout=0)
+    except TimeoutError:
+        logger.info("Waiting for another process that is preparing %s (lock %s)", spec.alias, lock.lock_file)
+        lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def _dequantised_gguf_dir(spec: ModelSpec) -> str:
+    """Dequantises ``spec``'s GGUF once into a cached ``save_pretrained`` directory; returns it.
+
+    Safe with several processes on one cache (a Dask runner, two first runs at once): one process
+    dequantises under `_cache_lock` into its own temporary directory and renames it into place;
+    the others wait and load the result. Partial directories of runs that died are removed.
+    """
+    with _cache_lock(spec):
+        gguf_path = _gguf_path(spec)
+        target = cache_root() / "dequantised" / f"{gguf_path.stem}-{_sha256(gguf_path)[:16]}"
+        if _is_complete(target):
+            return str(target)
+        _remove_partials(target)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent))
+        try:
+            _write_dequantised(gguf_path, spec, partial)
+            if target.exists():  # an incomplete directory (not written by this code): replace it
+                shutil.rmtree(target)
+            partial.rename(target)  # a crash mid-write never leaves a half cache behind
+        finally:
+            shutil.rmtree(partial, ignore_errors=True)
+    return str(target)
+
+
+def _is_complete(directory: Path) -> bool:
+    """A dequantised directory holds its config, tokenizer and weights (it only appears by a rename)."""
+    return ((directory / "config.json").is_file() and (directory / "tokenizer_config.json").is_file()
+            and any(directory.glob("*.safetensors")))
+
+
+def _remove_partials(target: Path) -> None:
+    """Deletes what interrupted dequantisations of ``target`` left (called holding the lock)."""
+    stale = [*target.parent.glob(f".{target.name}.*.partial"), target.with_name(target.name + ".partial")]
+    for path in stale:
+        if path.exists():
+            logger.info("Removing %s, left by an interrupted dequantisation", path)
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _write_dequantised(gguf_path: Path, spec: ModelSpec, directory: Path) -> None:
+    """Dequantises ``gguf_path`` to float32 and writes model and tokenizer to ``directory``."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    logger.info("Dequantising %s once (cached in %s)", gguf_path.name, target)
+    logger.info("Dequantising %s once (cached under %s)", gguf_path.name, directory.parent)
     tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
     model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name,
                                                  dtype=torch.float32)
@@ -206,11 +296,8 @@ def _dequantised_gguf_dir(gguf_path: Path, spec: ModelSpec) -> str:
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    partial = target.with_name(target.name + ".partial")
-    model.save_pretrained(partial)
-    tokenizer.save_pretrained(partial)
-    partial.rename(target)  # a crash mid-write never leaves a half cache behind
-    return str(target)
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
 
 
 def _sha256(path: Path) -> str:

@@ -9,7 +9,8 @@ import torch
 
 from emotion_circuits.models.loading import LoadedModel
 from emotion_circuits.models.padding import pad_left, pad_right
-from emotion_circuits.models.steering import prefix_cache
+from emotion_circuits.models.steering import cache_kwargs, prefix_cache
+from emotion_circuits.progress import Progress
 
 
 def continuation_perplexity(
@@ -17,6 +18,7 @@ def continuation_perplexity(
     prompts: Sequence[Sequence[int]],
     continuations: Sequence[Sequence[int]],
     batch_size: int = 16,
+    desc: str = "perplexity",
 ) -> np.ndarray:
     """exp(mean negative log-likelihood) of each continuation's tokens given its prompt.
 
@@ -30,6 +32,7 @@ def continuation_perplexity(
         prompts: token ids per row (special tokens included).
         continuations: generated token ids per row; an empty one gets NaN.
         batch_size: rows per forward pass (memory: rows × continuation length × vocabulary floats).
+        desc: names the progress (rows scored) in the bar or log lines.
 
     Returns:
         ``[n_rows]`` perplexities.
@@ -42,14 +45,16 @@ def continuation_perplexity(
         if len(continuation):
             by_prompt.setdefault(tuple(prompts[i]), []).append(i)
     single = [rows[0] for rows in by_prompt.values() if len(rows) == 1]
-    with torch.inference_mode():
+    with torch.inference_mode(), Progress(sum(map(len, by_prompt.values())), desc, unit="row") as bar:
         for prompt, rows in by_prompt.items():
             for start in range(0, len(rows) if len(rows) > 1 else 0, batch_size):
                 batch = rows[start:start + batch_size]
                 perplexity[batch] = _shared_prompt_perplexity(model, list(prompt), [continuations[i] for i in batch])
+                bar.update(len(batch))
         for start in range(0, len(single), batch_size):
             batch = single[start:start + batch_size]
             perplexity[batch] = _batch_perplexity(model, [prompts[i] for i in batch], [continuations[i] for i in batch])
+            bar.update(len(batch))
     return perplexity
 
 
@@ -63,7 +68,8 @@ def _shared_prompt_perplexity(model: LoadedModel, prompt: list[int], continuatio
     input_ids = torch.cat([last, cont[:, :-1]], dim=1)
     mask = torch.cat([torch.ones(len(continuations), len(prompt), dtype=cont_mask.dtype, device=model.device),
                       cont_mask[:, :-1]], dim=1)
-    logits = model.hf_model(input_ids=input_ids, attention_mask=mask, past_key_values=cache, use_cache=True).logits
+    logits = model.hf_model(input_ids=input_ids, attention_mask=mask, use_cache=True,
+                            **cache_kwargs(model.hf_model, cache)).logits
     return _mean_nll(logits.float(), cont, cont_mask).exp().cpu().numpy()
 
 

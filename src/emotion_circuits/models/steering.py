@@ -25,6 +25,7 @@ prompt window and the decoding steps, so ``‖α v‖ / ‖resid‖`` is known a
 from __future__ import annotations
 
 import contextlib
+import inspect
 import math
 import re
 from collections.abc import Sequence
@@ -37,6 +38,7 @@ from tqdm.auto import tqdm
 
 from emotion_circuits.models.loading import LoadedModel
 from emotion_circuits.models.padding import pad_left
+from emotion_circuits.progress import Progress
 
 SCHEDULES = ("constant", "exp_decay", "linear_ramp")
 MODES = ("add", "swap")
@@ -134,6 +136,7 @@ def steered_generate(
     share_prompt_prefix: bool = False,
     show_progress: bool = True,
     return_norms: bool = False,
+    progress: Progress | None = None,
 ) -> list[list[int]] | SteeredOutput:
     """Generates a continuation per prompt, each row steered by its own ``alphas[i] * vectors[i]``.
 
@@ -158,6 +161,8 @@ def steered_generate(
             rounding.
         show_progress: show a progress bar over batches.
         return_norms: also return the residual and steering norms at the steered positions.
+        progress: an overall `Progress` (e.g. of a whole sweep) to advance by each batch's rows
+            instead of showing a bar of this call's batches.
 
     Returns:
         Generated token ids per row, in input order, cut before the first end-of-sequence token; with
@@ -173,8 +178,9 @@ def steered_generate(
                else _padded_batches(prompts, batch_size))
     generated: list[list[int]] = [[] for _ in range(n_rows)]
     norms = np.full((2, n_rows), np.nan)
+    bar_off = progress is not None or not show_progress
     for number, (rows, prefix_len) in enumerate(tqdm(batches, desc=f"generate {model.alias}", unit="batch",
-                                                      leave=False, disable=not show_progress)):
+                                                      leave=False, disable=bar_off)):
         input_ids, mask = pad_left([prompts[r] for r in rows], model)
         cache = prefix_cache(model, input_ids[:1, :prefix_len], len(rows)) if prefix_len else None
         steerer = (_Steerer(model, steering, vectors[rows], alphas[rows]) if steering is not None
@@ -182,12 +188,14 @@ def steered_generate(
         if do_sample:
             torch.manual_seed(seed + number)
         with torch.inference_mode(), steerer:
-            output = model.hf_model.generate(input_ids=input_ids, attention_mask=mask, past_key_values=cache,
-                                             generation_config=config)
+            output = model.hf_model.generate(input_ids=input_ids, attention_mask=mask, generation_config=config,
+                                             **cache_kwargs(model.hf_model, cache))
         for row, ids in zip(rows, output[:, input_ids.shape[1]:].tolist()):
             generated[row] = _cut_at_eos(ids, config.eos_token_id)
         if steering is not None:
             norms[:, rows] = steerer.mean_norms()
+        if progress is not None:
+            progress.update(len(rows))
     if return_norms:
         return SteeredOutput(generated, norms[0], norms[1])
     return generated
@@ -238,9 +246,26 @@ def _shared_prompt_batches(prompts: Sequence[Sequence[int]], steering: Steering 
 def prefix_cache(model: LoadedModel, prefix_ids: torch.Tensor, n_rows: int):
     """KV cache of one unsteered prompt prefix ``[1, prefix_len]``, repeated for ``n_rows`` rows."""
     with torch.inference_mode():
-        cache = model.hf_model(input_ids=prefix_ids, use_cache=True, logits_to_keep=1).past_key_values
+        output = model.hf_model(input_ids=prefix_ids, use_cache=True, logits_to_keep=1)
+    cache = getattr(output, cache_keyword(model.hf_model))
     cache.batch_repeat_interleave(n_rows)
     return cache
+
+
+def cache_keyword(hf_model) -> str:
+    """The name the installed transformers gives the KV cache in ``forward``/``generate`` and their outputs.
+
+    transformers renamed ``past_key_values`` to ``cache`` during 5.x (the old name is deprecated, to be
+    removed in 5.40 for ``forward`` and 6.0 for ``generate``); 5.17 knows only ``past_key_values``. The
+    model class's own ``forward`` signature says which one this installation wants (the class's, not the
+    instance's: accelerate and tests may wrap the instance's ``forward``).
+    """
+    return "cache" if "cache" in inspect.signature(type(hf_model).forward).parameters else "past_key_values"
+
+
+def cache_kwargs(hf_model, cache) -> dict:
+    """``{cache_keyword: cache}`` for a ``forward``/``generate`` call, or nothing without a cache."""
+    return {} if cache is None else {cache_keyword(hf_model): cache}
 
 
 def _check_rows(model, steering, vectors, alphas, n_rows) -> tuple[torch.Tensor, torch.Tensor]:

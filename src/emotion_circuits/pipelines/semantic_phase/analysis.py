@@ -16,6 +16,7 @@ import pandas as pd
 
 from emotion_circuits import order_parameter as op
 from emotion_circuits.phase_fits import MODEL_NAMES, at_bound, excess_jump, fit_curves, identified, largest_jump
+from emotion_circuits.progress import Progress
 from emotion_circuits.statistics import empirical_p_value, hierarchical_resamples, percentile_ci, rng
 
 LANDAU_FITS = ("landau", "landau_extended")  # strict (primary) and extended (variant) forms
@@ -34,17 +35,22 @@ def fit_phase_curves(order_parameters: pd.DataFrame, params: dict[str, Any]) -> 
         among ``compared_models``.
     """
     curves = order_parameters[order_parameters.kind.isin(params["fit_kinds"]) & (order_parameters.h != 0)]
-    tables = [_fit_group(rows, params) for _, rows in curves.groupby(["model", "directions"], sort=False)]
+    groups = [rows for _, rows in curves.groupby(["model", "directions"], sort=False)]
+    with Progress(len(groups) * len(MODEL_NAMES), "fit_phase_curves", unit="model fit") as bar:
+        tables = [_fit_group(rows, params, bar) for rows in groups]
     return pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=CURVE_LABELS)
 
 
-def _fit_group(rows: pd.DataFrame, params: dict[str, Any]) -> pd.DataFrame:
+def _fit_group(rows: pd.DataFrame, params: dict[str, Any], bar: Progress) -> pd.DataFrame:
     """Fits of the curves of one model and direction kind (they share the layer axis)."""
     labels, x, y = _curve_matrix(rows, params["sigma_column"])
     jumps = [largest_jump(curve) for curve in y]
     table = labels.assign(n_layers=int(x.max()), largest_jump=[j for j, _ in jumps],
                           jump_layer=[at for _, at in jumps], excess_jump=[excess_jump(curve) for curve in y])
-    columns = [_fit_columns(name, fit_curves(x, y, name), x) for name in MODEL_NAMES]
+    columns = []
+    for name in MODEL_NAMES:  # every curve of the group with one model at a time
+        columns.append(_fit_columns(name, fit_curves(x, y, name), x))
+        bar.update()
     table = pd.concat([table, *columns], axis=1)
     for name in LANDAU_FITS:
         best_alternative = table[[f"{a}_bic" for a in params["alternatives"]]].min(axis=1)
