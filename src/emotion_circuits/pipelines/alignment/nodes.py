@@ -25,6 +25,7 @@ import pandas as pd
 
 from emotion_circuits.alignment_maps import LinearMap, fit_map, heldout_quality, refit_map
 from emotion_circuits.contracts import Activations, LinearMaps, TokenActivations
+from emotion_circuits.progress import progress
 from emotion_circuits.reduced_subspaces import (
     MapGeometry,
     ReducedDifferences,
@@ -77,7 +78,8 @@ def fit_linear_maps(tokens_a: TokenActivations, tokens_b: TokenActivations, acti
     test_prompts = sorted(set(np.asarray(tokens_a.text_ids)[rows_a][test]) & prompt_ids)
     shuffle = rng(seed, "alignment.shuffled_pairs").permutation(int(train.sum()))
     maps, quality = {}, []
-    for layer_a, layer_b in pair_layers(activations_a, activations_b, params):
+    for layer_a, layer_b in progress(pair_layers(activations_a, activations_b, params), "fit_linear_maps",
+                                     unit="layer pair"):
         x_a = tokens_a.resid[rows_a, layer_a].astype(np.float64)
         x_b = tokens_b.resid[rows_b, layer_b].astype(np.float64)
         for method in params["methods"]:
@@ -113,7 +115,8 @@ def compare_alignment(linear_maps: LinearMaps, map_quality: pd.DataFrame, activa
     subspace_rows, direction_rows = [], []
     for position in params["positions"]:
         groups = _PromptGroups.build(activations_a, activations_b, linear_maps, params, position, seed)
-        for (layer_a, layer_b) in sorted({(la, lb) for la, lb, _ in linear_maps.maps}):
+        for (layer_a, layer_b) in progress(sorted({(la, lb) for la, lb, _ in linear_maps.maps}),
+                                           f"compare_alignment ({position})", unit="layer pair"):
             cell = _Cell.build(groups, activations_a, activations_b, layer_a, layer_b, params,
                                designs=("observed", "permuted", "covariance"))
             for method in params["methods"]:
@@ -139,14 +142,18 @@ def bootstrap_alignment(linear_maps: LinearMaps, alignment_results: pd.DataFrame
     mean cosine and median overlap before mapping.
 
     Returns:
-        Long table: replicate, statistic, model, position, k, value.
+        Long table: replicate, statistic, model, position, k, value (and layer_a, layer_b, emotion for
+        the per-cell statistic).
     """
     method, k_primary = params["primary"]["method"], params["primary"]["k"]
-    null_mean = alignment_results.set_index([*CELL, "emotion", "method", "k"]).covariance_mean
+    indexed = alignment_results.set_index([*CELL, "emotion", "method", "k"])
+    # cells without an observed overlap (map no better than shuffled pairs, k beyond a group's rank) stay out
+    null_mean = indexed.covariance_mean.where(indexed.overlap_after.notna())
     replicates = []
     for position in params["positions"]:
         groups = _PromptGroups.build(activations_a, activations_b, linear_maps, params, position, seed)
-        for (layer_a, layer_b) in sorted({(la, lb) for la, lb, m in linear_maps.maps if m == method}):
+        for (layer_a, layer_b) in progress(sorted({(la, lb) for la, lb, m in linear_maps.maps if m == method}),
+                                           f"bootstrap_alignment ({position})", unit="layer pair"):
             cell = _Cell.build(groups, activations_a, activations_b, layer_a, layer_b, params,
                                designs=("bootstrap",))
             weight = linear_maps.maps[(layer_a, layer_b, method)].weight
@@ -154,7 +161,10 @@ def bootstrap_alignment(linear_maps: LinearMaps, alignment_results: pd.DataFrame
             overlaps = geometry.overlap_by_k(cell.bases["a", "bootstrap"], cell.bases["b", "bootstrap"])  # [B, E, K]
             nulls = np.array([[null_mean.get((layer_a, layer_b, position, e, method, k + 1), np.nan)
                                for k in range(overlaps.shape[-1])] for e in groups.emotions])
-            replicates.append((position, overlaps, overlaps - nulls, cell.before_bootstrap()))
+            overlaps = np.where(np.isfinite(nulls), overlaps, np.nan)
+            replicates.append({"position": position, "layer_a": layer_a, "layer_b": layer_b,
+                               "emotions": groups.emotions, "overlaps": overlaps, "nulls": nulls,
+                               "before": cell.before_bootstrap()})
     table = _bootstrap_table(replicates, k_primary)
     within = [_collinearity_replicates(acts, params, position, seed)
               for acts in (activations_a, activations_b) for position in params["positions"]]
@@ -449,19 +459,41 @@ def _resamples(observed: np.ndarray, n_resamples: int, generator: np.random.Gene
 # --- bootstrap summaries ---------------------------------------------------------------------------------
 
 
-def _bootstrap_table(replicates: list, k_primary: int) -> pd.DataFrame:
-    """Per replicate: median primary overlap, mean excess over the covariance null per k, before-mapping stats."""
-    overlaps = np.concatenate([o.reshape(o.shape[0], -1, o.shape[-1]) for _, o, _, _ in replicates], axis=1)
-    excess = np.concatenate([x.reshape(x.shape[0], -1, x.shape[-1]) for _, _, x, _ in replicates], axis=1)
-    n_replicates, _, n_k = overlaps.shape
-    frames = [_long("median_overlap_after", np.nanmedian(overlaps[:, :, k_primary - 1], axis=1), k=k_primary)]
-    frames += [_long("mean_excess_over_covariance_null", np.nanmean(excess[:, :, k], axis=1), k=k + 1)
-               for k in range(n_k)]
-    befores = [b for _, _, _, b in replicates if b is not None]
+def _bootstrap_table(replicates: list[dict], k_primary: int) -> pd.DataFrame:
+    """Per replicate: the primary method's overlaps summarised over cells, and each cell's excess at k_primary.
+
+    Statistics (``k`` set where it applies): ``median_overlap_after``; per k ``mean_overlap_after``,
+    ``mean_excess_over_covariance_null`` and ``mean_normalised_excess`` ((overlap − null) / (1 − null));
+    ``cell_excess_over_covariance_null`` per position, layer pair and emotion; ``median_overlap_before``
+    for equal widths.
+    """
+    overlaps = np.concatenate([r["overlaps"] for r in replicates], axis=1)  # [B, cells × E, K]
+    nulls = np.concatenate([r["nulls"] for r in replicates], axis=0)  # [cells × E, K]
+    excess, normalised = overlaps - nulls, (overlaps - nulls) / (1 - nulls)
+    frames = [_long("median_overlap_after", _over_cells(np.nanmedian, overlaps[:, :, k_primary - 1]), k=k_primary)]
+    for name, values in (("mean_overlap_after", overlaps), ("mean_excess_over_covariance_null", excess),
+                         ("mean_normalised_excess", normalised)):
+        frames += [_long(name, _over_cells(np.nanmean, values[:, :, k]), k=k + 1) for k in range(overlaps.shape[-1])]
+    for r in replicates:
+        for e, emotion in enumerate(r["emotions"]):
+            frames.append(_long("cell_excess_over_covariance_null",
+                                r["overlaps"][:, e, k_primary - 1] - r["nulls"][e, k_primary - 1], k=k_primary)
+                          .assign(position=r["position"], layer_a=r["layer_a"], layer_b=r["layer_b"], emotion=emotion))
+    befores = [r["before"] for r in replicates if r["before"] is not None]
     if befores:
-        before = np.concatenate([b.reshape(b.shape[0], -1, b.shape[-1]) for b in befores], axis=1)
-        frames.append(_long("median_overlap_before", np.nanmedian(before[:, :, k_primary - 1], axis=1), k=k_primary))
+        before = np.concatenate(befores, axis=1)
+        frames.append(_long("median_overlap_before", _over_cells(np.nanmedian, before[:, :, k_primary - 1]),
+                            k=k_primary))
     return pd.concat(frames, ignore_index=True)
+
+
+def _over_cells(reduce, values: np.ndarray) -> np.ndarray:
+    """``reduce`` (nanmean, nanmedian) over the cells of ``[B, cells]``; NaN, not a warning, where none is defined."""
+    defined = np.isfinite(values).any(axis=1)
+    out = np.full(len(values), np.nan)
+    if defined.any():
+        out[defined] = reduce(values[defined], axis=1)
+    return out
 
 
 def _collinearity_replicates(activations: Activations, params: dict[str, Any], position: str,

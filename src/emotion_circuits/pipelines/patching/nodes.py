@@ -35,6 +35,7 @@ from emotion_circuits.evaluators import build_evaluators, score_texts
 from emotion_circuits.models.loading import LoadedModel
 from emotion_circuits.models.perplexity import continuation_perplexity
 from emotion_circuits.models.steering import Steering, resid_index, steered_generate
+from emotion_circuits.progress import Progress
 from emotion_circuits.statistics import rng
 
 logger = logging.getLogger(__name__)
@@ -150,16 +151,17 @@ def generate_steered(model: LoadedModel, steering_prompts: pd.DataFrame, steerin
     plan = steering_plan.reset_index(drop=True)
     generated: list = [None] * len(plan)
     norms = np.full((2, len(plan)), np.nan)
-    for (hook, mode), group in plan.groupby([plan.hook_name, plan.kind.eq("swap")], sort=False):
-        steering, vectors = _group_steering(hook, mode, group, steering_directions, params)
-        rows = group.index.to_numpy()
-        out = steered_generate(model, [prompt_ids[p] for p in group.prompt_id], steering, vectors,
-                               group.alpha.to_numpy(), batch_size=params["generation"]["batch_size"],
-                               **_sampling(params, seed), max_new_tokens=params["generation"]["max_new_tokens"],
-                               share_prompt_prefix=True, return_norms=True)
-        for row, ids in zip(rows, out.ids):
-            generated[row] = ids
-        norms[:, rows] = out.resid_norm, out.steer_norm
+    with Progress(len(plan), f"generate_steered {model.alias}", unit="generation") as sweep:  # one bar
+        for (hook, mode), group in plan.groupby([plan.hook_name, plan.kind.eq("swap")], sort=False):
+            steering, vectors = _group_steering(hook, mode, group, steering_directions, params)
+            rows = group.index.to_numpy()
+            out = steered_generate(model, [prompt_ids[p] for p in group.prompt_id], steering, vectors,
+                                   group.alpha.to_numpy(), batch_size=params["generation"]["batch_size"],
+                                   **_sampling(params, seed), max_new_tokens=params["generation"]["max_new_tokens"],
+                                   share_prompt_prefix=True, return_norms=True, progress=sweep)
+            for row, ids in zip(rows, out.ids):
+                generated[row] = ids
+            norms[:, rows] = out.resid_norm, out.steer_norm
     return plan.assign(prompt_ids=[prompt_ids[p] for p in plan.prompt_id], generated_ids=generated,
                        text=model.tokenizer.batch_decode(generated, skip_special_tokens=True),
                        resid_norm=norms[0], steer_norm=norms[1])
@@ -183,8 +185,9 @@ def score_generations(model: LoadedModel, steered_generations: pd.DataFrame, eva
     generations = steered_generations.reset_index(drop=True)
     generations = generations.assign(**{c: np.nan for c in ("resid_norm", "steer_norm") if c not in generations})
     perplexity = continuation_perplexity(model, list(generations.prompt_ids), list(generations.generated_ids),
-                                         batch_size=params["fluency_batch_size"])
-    metrics = score_texts(evaluators, generations.text.tolist())
+                                         batch_size=params["fluency_batch_size"],
+                                         desc=f"score_generations {model.alias}: perplexity")
+    metrics = score_texts(evaluators, generations.text.tolist(), desc=f"score_generations {model.alias}: evaluators")
     results = generations.drop(columns=["prompt_ids", "generated_ids"]).assign(
         model=model.alias, n_new_tokens=generations.generated_ids.map(len),
         steer_ratio=generations.steer_norm / generations.resid_norm, perplexity=perplexity,

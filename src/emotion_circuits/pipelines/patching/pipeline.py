@@ -26,6 +26,8 @@ def template() -> Pipeline:
                                       params, "params:seed"], "steered_generations", name="generate_steered"),
         node(nodes.score_generations, ["language_model", "steered_generations", "evaluator_prototypes",
                                        "evaluator_lexicons", params], "patching_results", name="score_generations"),
+        node(analysis.prompt_effects, ["patching_results", params], "patching_prompt_effects",
+             name="prompt_effects"),
         node(analysis.summarise_patching, ["patching_results", params], "patching_summary", name="summarise_patching"),
         node(analysis.compare_with_random, ["patching_results", params], "patching_vs_random",
              name="compare_with_random"),
