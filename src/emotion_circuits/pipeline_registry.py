@@ -13,7 +13,16 @@ from collections.abc import Iterable
 
 from kedro.pipeline import Pipeline, pipeline
 
-from emotion_circuits.pipelines import activations, alignment, data_engineering, patching, semantic_phase, subspaces
+from emotion_circuits.pipelines import (
+    activations,
+    alignment,
+    data_engineering,
+    patching,
+    qk_weights,
+    semantic_phase,
+    statistics,
+    subspaces,
+)
 from emotion_circuits.study import Study, active_study
 
 # Cross-model nodes (alignment.<pair>) read other namespaces' outputs (<model>.activations) by design;
@@ -23,7 +32,7 @@ warnings.filterwarnings("ignore", message="One or more dataset names contain '.'
 # Datasets every model's template reads under the same name (not per model).
 SHARED_INPUTS = frozenset({"emotion_prompts", "real_world_prompts", "neutral_passages", "steering_prompts",
                            "evaluator_prototypes",
-                           "evaluator_lexicons", "semantic_prompts", "semantic_stimuli"})
+                           "evaluator_lexicons", "semantic_prompts", "semantic_stimuli", "neutral_corpus"})
 
 
 def for_each_model(template: Pipeline, model_keys: Iterable[str]) -> Pipeline:
@@ -47,8 +56,15 @@ def create_pipelines(study: Study) -> dict[str, Pipeline]:
         "alignment": alignment.create_pipeline(*pair),  # builds its subspaces on the rows both models share
         # subspaces take seconds, so patching needs only the activations
         "patching": patching.shared_pipeline() + for_each_model(subspaces.template() + patching.template(), models),
+        # the weight-space part (W_QK spectrum, rewrites, perplexity) runs with it and on its own as qk_weights
         "semantic_phase": (semantic_phase.shared_pipeline() + for_each_model(semantic_phase.template(), models)
-                           + semantic_phase.create_pipeline(list(models))),
+                           + semantic_phase.create_pipeline(list(models))
+                           + for_each_model(qk_weights.template(), models)
+                           + qk_weights.phase_link_pipeline(list(models))),
+        "qk_weights": for_each_model(qk_weights.template(), models),
+        # reads the latest outputs of activations, patching and alignment for every model of the study
+        "statistics": (for_each_model(statistics.template(), models)
+                       + statistics.create_pipeline(list(models), study.pair_key)),
     }
     pipelines["__default__"] = sum(pipelines.values(), Pipeline([]))
     return pipelines

@@ -202,3 +202,69 @@ def _numpy(tensor: torch.Tensor) -> np.ndarray:
 def _bias(linear: torch.nn.Module, size: int) -> np.ndarray:
     bias = getattr(linear, "bias", None)
     return _numpy(bias) if bias is not None else np.zeros(size, np.float32)
+
+
+def attention_input_norm(layer: torch.nn.Module) -> torch.nn.Module:
+    """The norm a block applies to its input before attention; its output is what ``W_Q``/``W_K`` read."""
+    for name in ("input_layernorm", "ln_1"):
+        if hasattr(layer, name):
+            return getattr(layer, name)
+    raise ValueError(f"No pre-attention norm in {type(layer).__name__}")
+
+
+def norm_gain(norm: torch.nn.Module, size: int) -> np.ndarray:
+    """``[size]`` per-dimension gain a norm multiplies the normalised vector by, float32.
+
+    LayerNorm: its weight (its bias and the centring are not gains). RMS norms: read off the module on a
+    vector of ones (RMS 1), so ``weight`` (Llama, Qwen) and ``1 + weight`` (Gemma) need no special case.
+    """
+    if isinstance(norm, torch.nn.LayerNorm):
+        return _numpy(norm.weight) if norm.weight is not None else np.ones(size, np.float32)
+    eps = getattr(norm, "eps", None)
+    eps = getattr(norm, "variance_epsilon", 0.0) if eps is None else eps
+    parameter = next(norm.parameters(), None)
+    ones = torch.ones(size, dtype=parameter.dtype if parameter is not None else torch.float32,
+                      device=parameter.device if parameter is not None else "cpu")
+    with torch.no_grad():
+        return (_numpy(norm(ones)).astype(np.float64) * np.sqrt(1.0 + eps)).astype(np.float32)
+
+
+def qk_norm_gains(hf_model: torch.nn.Module, layer_index: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """``(gain_q, gain_k)``, each ``[d_head]``, of the per-head q/k RMS norms (Gemma 3, Qwen3); None without them."""
+    attn = attention(decoder_layers(hf_model)[layer_index])
+    if not hasattr(attn, "q_norm"):
+        return None
+    d_head = head_counts(hf_model)[2]
+    return norm_gain(attn.q_norm, d_head), norm_gain(attn.k_norm, d_head)
+
+
+def query_weight_parameter(hf_model: torch.nn.Module, layer_index: int) -> torch.nn.Parameter:
+    """The parameter holding block ``layer_index``'s ``W_Q`` (fused QKV projections hold K and V too)."""
+    kind = model_type(hf_model)
+    attn = attention(decoder_layers(hf_model)[layer_index])
+    if kind == "gpt2":
+        return attn.c_attn.weight
+    if kind == "gpt_neox":
+        return attn.query_key_value.weight
+    return attn.q_proj.weight
+
+
+def set_query_weights(hf_model: torch.nn.Module, layer_index: int, W_Q: np.ndarray) -> None:
+    """Writes per-head ``W_Q`` ``[n_heads, d_model, d_head]`` (the layout of `head_weights`) into the model, in place.
+
+    Only the query projection changes; biases, keys and values stay as they are.
+    """
+    kind = model_type(hf_model)
+    n_heads, _, d_head = head_counts(hf_model)
+    d_model = text_config(hf_model).hidden_size
+    if W_Q.shape != (n_heads, d_model, d_head):
+        raise ValueError(f"W_Q has shape {W_Q.shape}; expected {(n_heads, d_model, d_head)}")
+    parameter = query_weight_parameter(hf_model, layer_index)
+    value = torch.as_tensor(np.asarray(W_Q), dtype=parameter.dtype, device=parameter.device)
+    with torch.no_grad():
+        if kind == "gpt2":  # Conv1D [d, 3 d]: q = weight[:, :d], columns head-major
+            parameter[:, :d_model] = value.permute(1, 0, 2).reshape(d_model, n_heads * d_head)
+        elif kind == "gpt_neox":  # Linear [3 d, d] viewed as [n_heads, 3, d_head, d]
+            parameter.view(n_heads, 3, d_head, d_model)[:, 0] = value.permute(0, 2, 1)
+        else:  # Linear [n_heads * d_head, d]
+            parameter.copy_(value.permute(0, 2, 1).reshape(n_heads * d_head, d_model))
