@@ -74,3 +74,14 @@ def test_groups_without_spread_give_no_effect_size_instead_of_a_warning():
     rng = np.random.default_rng(6)
     result = es.two_sample_effect(np.ones(12), np.ones(15), "welch_t", 100, 99, rng)
     assert np.isnan(result["cohens_d"]) and np.isnan(result["p"]) and result["estimate"] == 0
+
+
+def test_a_degenerate_bca_falls_back_to_a_percentile_interval_without_a_warning():
+    import warnings
+
+    rng = np.random.default_rng(7)
+    values = np.array([1.0] * 11 + [2.0])  # one distinct value apart from a single outlier
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        result = es.one_sample_effect(values, "sign_flip", 500, 999, rng)
+    assert result["ci_method"] in ("BCa", "percentile") and np.isfinite(result["ci_low"])

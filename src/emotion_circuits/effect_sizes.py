@@ -21,6 +21,7 @@ pingouin's parametric one (`compute_esci`, t quantiles). The method used is retu
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any
 
 import numpy as np
@@ -132,11 +133,15 @@ def _interval(samples: tuple[np.ndarray, ...], statistic, n_resamples: int, gene
         low, high = pg.compute_esci(stat=estimate, nx=sizes[0], ny=1 if paired else sizes[1], paired=paired,
                                     eftype="cohen", confidence=confidence, decimals=12)
         return float(low), float(high), "parametric"
-    with np.errstate(divide="ignore", invalid="ignore"):
-        result = stats.bootstrap(samples, statistic, n_resamples=n_resamples, confidence_level=confidence,
-                                 method="BCa", vectorized=True, rng=generator)
-    low, high = result.confidence_interval
-    return float(low), float(high), "BCa"
+    for method in ("BCa", "percentile"):  # BCa is undefined on degenerate resamples (e.g. ties everywhere)
+        with np.errstate(divide="ignore", invalid="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", stats.DegenerateDataWarning)
+            result = stats.bootstrap(samples, statistic, n_resamples=n_resamples, confidence_level=confidence,
+                                     method=method, vectorized=True, rng=generator)
+        low, high = result.confidence_interval
+        if np.isfinite(low) and np.isfinite(high):
+            break
+    return float(low), float(high), method
 
 
 def _d_z(values: np.ndarray, axis: int = -1) -> np.ndarray:
