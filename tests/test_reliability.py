@@ -365,8 +365,9 @@ def test_the_configured_parameters_pass_in_every_environment():
     from emotion_circuits.settings import CONFIG_LOADER_ARGS
 
     for env in ("local", "gpu"):
-        check_parameters(OmegaConfigLoader(str(PROJECT_ROOT / "conf"), **{**CONFIG_LOADER_ARGS,
-                                                                           "default_run_env": env})["parameters"])
+        params = OmegaConfigLoader(str(PROJECT_ROOT / "conf"), **{**CONFIG_LOADER_ARGS,
+                                                                  "default_run_env": env})["parameters"]
+        assert check_parameters(params) is None, env  # raises ParameterError on any invalid value
 
 
 # --- 5. README commands that Kedro parses ---------------------------------------------------------------

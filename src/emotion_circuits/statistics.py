@@ -93,11 +93,7 @@ def prediction_test(observed: float, null: np.ndarray, alternative: str = "great
         null_mean, null_sd, n_null, z, excess, pi_low, pi_high, p.
     """
     _check_alternative(alternative)
-    null = np.asarray(null, dtype=float)
-    null = null[np.isfinite(null)]
-    n = null.size
-    mean = float(null.mean()) if n else np.nan
-    sd = float(null.std(ddof=1)) if n > 1 else np.nan
+    null, n, mean, sd = _finite_moments(null)
     out = {"null_mean": mean, "null_sd": sd, "n_null": n, "z": np.nan, "excess": observed - mean,
            "pi_low": np.nan, "pi_high": np.nan, "p": np.nan}
     if not (n > 1 and sd > 0 and np.isfinite(observed)):
@@ -120,11 +116,7 @@ def cluster_mean_test(values: np.ndarray, alternative: str = "two-sided", level:
         n, mean, sd, ci_low, ci_high (two-sided, 1 − level), p (``alternative``), test (``t`` / ``sign``).
     """
     _check_alternative(alternative)
-    values = np.asarray(values, dtype=float)
-    values = values[np.isfinite(values)]
-    n = values.size
-    mean = float(values.mean()) if n else np.nan
-    sd = float(values.std(ddof=1)) if n > 1 else np.nan
+    values, n, mean, sd = _finite_moments(values)
     out = {"n": n, "mean": mean, "sd": sd, "ci_low": np.nan, "ci_high": np.nan, "p": np.nan, "test": "t"}
     if n > 1 and sd > 0:
         low, high = stats.t.interval(1 - level, n - 1, loc=mean, scale=sd / np.sqrt(n))
@@ -197,6 +189,14 @@ def regression_prediction_test(x: np.ndarray, y: np.ndarray, x0: float, y0: floa
     half = stats.t.ppf(1 - level / 2, n - 2) * scale
     return {**out, "pi_low": y0 - predicted - half, "pi_high": y0 - predicted + half,
             "p": _t_p((y0 - predicted) / scale, n - 2, alternative)}
+
+
+def _finite_moments(values: np.ndarray) -> tuple[np.ndarray, int, float, float]:
+    """The finite values, their count, mean and sample sd (NaN where undefined)."""
+    values = np.asarray(values, dtype=float)
+    values = values[np.isfinite(values)]
+    n = values.size
+    return values, n, float(values.mean()) if n else np.nan, float(values.std(ddof=1)) if n > 1 else np.nan
 
 
 def _t_p(t_score: float, df: float, alternative: str) -> float:
