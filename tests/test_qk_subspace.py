@@ -193,3 +193,20 @@ def test_factor_shapes_are_checked():
         qs.QKFactors(rng.standard_normal((4, 10, 3)), rng.standard_normal((2, 10, 4)), np.zeros(4, int))
     with pytest.raises(ValueError, match="kv must give"):
         qs.QKFactors(rng.standard_normal((4, 10, 3)), rng.standard_normal((2, 10, 3)), np.full(4, 2))
+
+
+def test_heads_with_spread_norms_and_nothing_shared_fool_only_the_random_init_null():
+    """Independent heads whose norms span two decades: a few big heads carry the variance, so the
+    isotropic random-init null (one scale for all heads) needs far more components; the shuffled
+    null keeps each head's norm and needs about as many as the heads themselves."""
+    rng = np.random.default_rng(5)
+    n = 64
+    scales = np.logspace(0, 2, n)[:, None, None]
+    factors = qs.QKFactors(queries=rng.standard_normal((n, 10, 3)) * scales, keys=rng.standard_normal((n, 10, 3)),
+                           kv=np.arange(n))
+    observed = qs.n_components_for(qs.pca_from_gram(qs.gram(factors)).cumulative_variance(), 0.9)
+    init = qs.n_components_for(qs.pca_from_gram(qs.gram(qs.random_init_factors(factors, 1.0, rng)))
+                               .cumulative_variance(), 0.9)
+    shuffled = qs.n_components_for(qs.pca_from_gram(qs.shuffled_gram(factors, rng)).cumulative_variance(), 0.9)
+    assert observed < 0.5 * init
+    assert abs(observed - shuffled) <= max(2, 0.2 * observed)
