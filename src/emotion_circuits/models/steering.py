@@ -28,7 +28,7 @@ import contextlib
 import inspect
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -137,6 +137,7 @@ def steered_generate(
     show_progress: bool = True,
     return_norms: bool = False,
     progress: Progress | None = None,
+    intervention: Callable[[np.ndarray, int], contextlib.AbstractContextManager] | None = None,
 ) -> list[list[int]] | SteeredOutput:
     """Generates a continuation per prompt, each row steered by its own ``alphas[i] * vectors[i]``.
 
@@ -163,6 +164,9 @@ def steered_generate(
         return_norms: also return the residual and steering norms at the steered positions.
         progress: an overall `Progress` (e.g. of a whole sweep) to advance by each batch's rows
             instead of showing a bar of this call's batches.
+        intervention: instead of ``steering``, a factory ``(rows, padded_prompt_length)`` → context
+            manager entered around each batch's ``generate`` (e.g. `emotion_circuits.models.heads.head_hooks`
+            with per-row head edits); prompts are left-padded to ``padded_prompt_length``.
 
     Returns:
         Generated token ids per row, in input order, cut before the first end-of-sequence token; with
@@ -183,8 +187,10 @@ def steered_generate(
                                                       leave=False, disable=bar_off)):
         input_ids, mask = pad_left([prompts[r] for r in rows], model)
         cache = prefix_cache(model, input_ids[:1, :prefix_len], len(rows)) if prefix_len else None
-        steerer = (_Steerer(model, steering, vectors[rows], alphas[rows]) if steering is not None
-                   else contextlib.nullcontext())
+        if steering is not None:
+            steerer = _Steerer(model, steering, vectors[rows], alphas[rows])
+        else:
+            steerer = intervention(rows, input_ids.shape[1]) if intervention else contextlib.nullcontext()
         if do_sample:
             torch.manual_seed(seed + number)
         with torch.inference_mode(), steerer:

@@ -31,9 +31,14 @@ from emotion_circuits.contracts import (
     SteeringDirections,
     check_same_model,
 )
-from emotion_circuits.evaluators import build_evaluators, score_texts
+from emotion_circuits.evaluators.panel import (  # noqa: F401 - contrast_* are part of this module's API
+    contrast_name,
+    contrast_names,
+    contrast_scores,
+    panel_metrics,
+    score_panel,
+)
 from emotion_circuits.models.loading import LoadedModel
-from emotion_circuits.models.perplexity import continuation_perplexity
 from emotion_circuits.models.steering import Steering, resid_index, steered_generate
 from emotion_circuits.progress import Progress
 from emotion_circuits.statistics import rng
@@ -177,53 +182,14 @@ def score_generations(model: LoadedModel, steered_generations: pd.DataFrame, eva
         at the positions steered), ``perplexity``, ``log_perplexity``, one column per evaluator
         metric and the contrastive scores of `contrast_scores`.
     """
-    evaluators = build_evaluators(params["evaluators"], evaluator_prototypes["classes"], evaluator_lexicons,
-                                  device=str(model.device))
-    evaluator_metrics = [m for e in evaluators for m in e.metrics]
-    _check_metrics_exist(params, [*evaluator_metrics, "perplexity", "log_perplexity",
-                                  *contrast_names(params, evaluator_metrics)])
+    _check_metrics_exist(params, panel_metrics(params, evaluator_prototypes, evaluator_lexicons))
     generations = steered_generations.reset_index(drop=True)
     generations = generations.assign(**{c: np.nan for c in ("resid_norm", "steer_norm") if c not in generations})
-    perplexity = continuation_perplexity(model, list(generations.prompt_ids), list(generations.generated_ids),
-                                         batch_size=params["fluency_batch_size"],
-                                         desc=f"score_generations {model.alias}: perplexity")
-    metrics = score_texts(evaluators, generations.text.tolist(), desc=f"score_generations {model.alias}: evaluators")
+    scores = score_panel(model, generations.prompt_ids, generations.generated_ids, generations.text.tolist(),
+                         evaluator_prototypes, evaluator_lexicons, params)
     results = generations.drop(columns=["prompt_ids", "generated_ids"]).assign(
-        model=model.alias, n_new_tokens=generations.generated_ids.map(len),
-        steer_ratio=generations.steer_norm / generations.resid_norm, perplexity=perplexity,
-        log_perplexity=np.log(perplexity))
-    return pd.concat([results, metrics, contrast_scores(metrics, params)], axis=1)
-
-
-def contrast_scores(metrics: pd.DataFrame, params: dict[str, Any]) -> pd.DataFrame:
-    """Contrastive emotion scores: an emotion's score minus the mean of the other emotions' scores.
-
-    For each evaluator family in ``params["contrast"]`` whose columns were all scored,
-    ``contrast[_<family>]_<emotion> = score(emotion) − mean(score(e') for the other emotions e' of the
-    mapping, plus ``extra_reference`` columns)``. The ``prototype`` family is unprefixed
-    (``contrast_gratitude``); others are ``contrast_goemotions_gratitude``. A direction that makes the
-    text more emotional in general raises every score alike and leaves the contrasts unchanged. With
-    the default reference (the studied emotions only) the contrasts of one family sum to 0.
-
-    Args:
-        metrics: evaluator scores, one row per text.
-        params: the ``patching`` group (``contrast``).
-
-    Returns:
-        One column per contrast, same rows as ``metrics``.
-    """
-    columns = {}
-    for family, spec in _contrast_families(params, list(metrics.columns)).items():
-        for emotion, column in spec["scores"].items():
-            reference = [c for e, c in spec["scores"].items() if e != emotion] + list(spec.get("extra_reference", []))
-            columns[contrast_name(family, emotion)] = metrics[column] - metrics[reference].mean(axis=1)
-    return pd.DataFrame(columns, index=metrics.index)
-
-
-def contrast_names(params: dict[str, Any], metrics: list[str]) -> list[str]:
-    """Names of the contrast columns `contrast_scores` makes from evaluators giving ``metrics``."""
-    return [contrast_name(family, emotion) for family, spec in _contrast_families(params, metrics).items()
-            for emotion in spec["scores"]]
+        model=model.alias, steer_ratio=generations.steer_norm / generations.resid_norm)
+    return pd.concat([results, scores], axis=1)
 
 
 def check_declared_tests(params: dict[str, Any]) -> None:
@@ -321,18 +287,6 @@ def _covariance_shaped(activations: Activations, n: int, draw_rng: np.random.Gen
     centred = resid - resid.mean(axis=0)
     weights = draw_rng.standard_normal((n, len(resid)))
     return np.einsum("mld,km->kld", centred, weights) / np.sqrt(len(resid) - 1)
-
-
-def _contrast_families(params: dict[str, Any], metrics: list[str]) -> dict[str, dict]:
-    """The ``contrast`` families whose score columns (and extra reference columns) are all in ``metrics``."""
-    available = set(metrics)
-    return {family: spec for family, spec in (params.get("contrast") or {}).items()
-            if {*spec["scores"].values(), *spec.get("extra_reference", [])} <= available}
-
-
-def contrast_name(family: str, emotion: str) -> str:
-    """Column name of the contrast of ``emotion`` in evaluator ``family`` (``prototype`` is unprefixed)."""
-    return f"contrast_{emotion}" if family == "prototype" else f"contrast_{family}_{emotion}"
 
 
 def _typical_norm(activations: Activations) -> np.ndarray:
