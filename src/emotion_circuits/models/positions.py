@@ -80,6 +80,26 @@ def tokenize_with_positions(
     return TokenizedPrompts(list(encoded["input_ids"]), np.array(span_end), np.array(sentence_end))
 
 
+def span_token_positions(tokenizer, texts: Sequence[str], spans: Sequence[tuple[int, int]],
+                         labels: Sequence[str] | None = None) -> list[np.ndarray]:
+    """Per text, the index of every token that overlaps its character span (special tokens excluded).
+
+    Raises:
+        ValueError: mismatched lengths, or a span no token overlaps (names the prompt).
+    """
+    if len(texts) != len(spans):
+        raise ValueError(f"{len(texts)} texts but {len(spans)} spans")
+    labels = list(labels) if labels is not None else [f"row {i}" for i in range(len(texts))]
+    encoded = tokenizer(list(texts), return_offsets_mapping=True)
+    result = []
+    for i, (start, end) in enumerate(spans):
+        tokens = [t for t, (a, b) in enumerate(encoded["offset_mapping"][i]) if b > a and a < end and b > start]
+        if not tokens:
+            raise ValueError(f"Prompt {labels[i]}: no token overlaps characters {start}:{end} of {texts[i]!r}")
+        result.append(np.array(tokens, dtype=int))
+    return result
+
+
 def _last_visible_char(text: str, start: int, end: int) -> int | None:
     """Index of the last non-whitespace character in ``text[start:end]`` (whitespace maps to no token)."""
     stripped = text[start:min(end, len(text))].rstrip()
