@@ -60,11 +60,14 @@ class Study:
         models: aliases in study order; ``model_a`` and ``model_b`` are always among them.
         model_a: the reference model of the alignment pair.
         model_b: the model it is aligned to.
+        scaling_models: the scaling pipeline's ladder (``scaling.reference`` first, then
+            ``scaling.models``); its own list, so a ladder of 8B models adds nothing to the other pipelines.
     """
 
     models: tuple[str, ...]
     model_a: str
     model_b: str
+    scaling_models: tuple[str, ...] = ()
 
     @classmethod
     def from_params(cls, params: Mapping[str, Any]) -> Study:
@@ -88,7 +91,8 @@ class Study:
         repeated = sorted({m for m in listed if list(listed).count(m) > 1})
         if repeated:
             raise ValueError(f"Parameter 'models' names {repeated} more than once.")
-        return cls(models=tuple(dict.fromkeys([*listed, *pair])), model_a=pair[0], model_b=pair[1])
+        return cls(models=tuple(dict.fromkeys([*listed, *pair])), model_a=pair[0], model_b=pair[1],
+                   scaling_models=_scaling_models(params.get("scaling")))
 
     @property
     def keys(self) -> tuple[str, ...]:
@@ -105,9 +109,24 @@ class Study:
         return PAIR_SEPARATOR.join(self.pair_keys)
 
     @property
+    def scaling_keys(self) -> tuple[str, ...]:
+        """Model keys of the scaling ladder, the reference first."""
+        return tuple(model_key(m) for m in self.scaling_models)
+
+    @property
     def study_key(self) -> str:
         """Folder and namespace of analyses over all models, ``<key_1>__<key_2>__…``."""
         return PAIR_SEPARATOR.join(self.keys)
+
+
+def _scaling_models(scaling: Any) -> tuple[str, ...]:
+    """``[scaling.reference, *scaling.models]`` without repeats; () without a scaling group."""
+    if not isinstance(scaling, Mapping) or not scaling.get("reference"):
+        return ()
+    listed = scaling.get("models") or []
+    if isinstance(listed, str) or not all(isinstance(m, str) and m.strip() for m in [scaling["reference"], *listed]):
+        raise ValueError(f"Parameter 'scaling.models' must be a list of model names; got {listed!r}.")
+    return tuple(dict.fromkeys([scaling["reference"], *listed]))
 
 
 _ACTIVE: Study | None = None

@@ -95,13 +95,16 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     return _DTYPES[dtype]
 
 
-def load_model(name: str, device: str = "auto", dtype: str = "auto") -> LoadedModel:
+def load_model(name: str, device: str = "auto", dtype: str = "auto",
+               device_map: dict[str, Any] | None = None) -> LoadedModel:
     """Loads a model by alias, local path or hub id.
 
     Args:
         name: see `resolve_model`.
-        device: ``auto``, ``cpu``, ``cuda``, ``cuda:1``, ``mps``.
+        device: ``auto``, ``cpu``, ``cuda``, ``cuda:1``, ``mps`` (with ``device_map``: where inputs go).
         dtype: ``auto``, ``float32``, ``bfloat16`` or ``float16``.
+        device_map: module name → device, to split a model over several devices (accelerate's
+            ``device_map``; see `emotion_circuits.models.memory.plan_placement`).
 
     Returns:
         The loaded model in eval mode on the chosen device.
@@ -118,7 +121,7 @@ def load_model(name: str, device: str = "auto", dtype: str = "auto") -> LoadedMo
         model_dir = _dequantised_gguf_dir(spec)
     else:
         model_dir = spec.location
-    hf_model, tokenizer = _load_pretrained(model_dir, spec, torch_device, torch_dtype)
+    hf_model, tokenizer = _load_pretrained(model_dir, spec, torch_device, torch_dtype, device_map)
     config = architecture.text_config(hf_model)
     return LoadedModel(
         alias=spec.alias, hf_model=hf_model, tokenizer=tokenizer,
@@ -127,13 +130,15 @@ def load_model(name: str, device: str = "auto", dtype: str = "auto") -> LoadedMo
     )
 
 
-def _load_pretrained(model_dir: str, spec: ModelSpec, device: torch.device, dtype: torch.dtype):
+def _load_pretrained(model_dir: str, spec: ModelSpec, device: torch.device, dtype: torch.dtype,
+                     device_map: dict[str, Any] | None = None):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
         # straight to the accelerator: an 8B model should not pass through CPU memory twice
-        device_map = {"": str(device)} if device.type == "cuda" else None
+        if device_map is None:
+            device_map = {"": str(device)} if device.type == "cuda" else None
         hf_model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, device_map=device_map)
     except OSError as error:
         raise ModelNotAvailableError(

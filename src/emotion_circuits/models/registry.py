@@ -81,6 +81,57 @@ _REGISTRY: dict[str, ModelSpec] = {
 }
 
 
+# Architecture configs of the registry's models, written out so that memory estimates and the
+# cost benchmark (`benchmarks/scaling.py`, random weights of the exact shapes) need no hub.
+# Values from each model's config.json (Gemma 3 12B: its text_config; width 3840, not the seeds' 3072).
+_CONFIGS: dict[str, dict] = {
+    "smollm2-135m": {"model_type": "llama", "architectures": ["LlamaForCausalLM"], "vocab_size": 49152,
+                     "hidden_size": 576, "intermediate_size": 1536, "num_hidden_layers": 30,
+                     "num_attention_heads": 9, "num_key_value_heads": 3, "head_dim": 64,
+                     "max_position_embeddings": 8192, "rms_norm_eps": 1e-5, "rope_theta": 100000.0,
+                     "tie_word_embeddings": True},
+    "gemma3-270m": {"model_type": "gemma3_text", "architectures": ["Gemma3ForCausalLM"], "vocab_size": 262144,
+                    "hidden_size": 640, "intermediate_size": 2048, "num_hidden_layers": 18,
+                    "num_attention_heads": 4, "num_key_value_heads": 1, "head_dim": 256,
+                    "query_pre_attn_scalar": 256, "sliding_window": 512, "max_position_embeddings": 32768,
+                    "rms_norm_eps": 1e-6, "tie_word_embeddings": True},
+    "gpt2": {"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"], "vocab_size": 50257, "n_embd": 768,
+             "n_layer": 12, "n_head": 12, "n_positions": 1024},
+    "pythia-160m": {"model_type": "gpt_neox", "architectures": ["GPTNeoXForCausalLM"], "vocab_size": 50304,
+                    "hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12,
+                    "num_attention_heads": 12, "rotary_pct": 0.25, "max_position_embeddings": 2048,
+                    "use_parallel_residual": True, "tie_word_embeddings": False},
+    "gpt-neo-125m": {"model_type": "gpt_neo", "architectures": ["GPTNeoForCausalLM"], "vocab_size": 50257,
+                     "hidden_size": 768, "num_layers": 12, "num_heads": 12, "max_position_embeddings": 2048,
+                     "attention_types": [[["global", "local"], 6]], "window_size": 256},
+    "llama3-8b": {"model_type": "llama", "architectures": ["LlamaForCausalLM"], "vocab_size": 128256,
+                  "hidden_size": 4096, "intermediate_size": 14336, "num_hidden_layers": 32,
+                  "num_attention_heads": 32, "num_key_value_heads": 8, "head_dim": 128,
+                  "max_position_embeddings": 131072, "rms_norm_eps": 1e-5, "rope_theta": 500000.0,
+                  "rope_scaling": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                                   "high_freq_factor": 4.0, "original_max_position_embeddings": 8192},
+                  "tie_word_embeddings": False, "bos_token_id": 128000, "eos_token_id": 128001},
+    "qwen3-8b": {"model_type": "qwen3", "architectures": ["Qwen3ForCausalLM"], "vocab_size": 151936,
+                 "hidden_size": 4096, "intermediate_size": 12288, "num_hidden_layers": 36,
+                 "num_attention_heads": 32, "num_key_value_heads": 8, "head_dim": 128,
+                 "max_position_embeddings": 32768, "rms_norm_eps": 1e-6, "rope_theta": 1000000.0,
+                 "tie_word_embeddings": False, "bos_token_id": 151643, "eos_token_id": 151643},
+    "gemma3-12b": {"model_type": "gemma3_text", "architectures": ["Gemma3ForCausalLM"], "vocab_size": 262208,
+                   "hidden_size": 3840, "intermediate_size": 15360, "num_hidden_layers": 48,
+                   "num_attention_heads": 16, "num_key_value_heads": 8, "head_dim": 256,
+                   "query_pre_attn_scalar": 256, "sliding_window": 1024, "max_position_embeddings": 131072,
+                   "rms_norm_eps": 1e-6, "rope_theta": 1000000.0, "rope_local_base_freq": 10000.0,
+                   "rope_scaling": {"rope_type": "linear", "factor": 8.0}, "tie_word_embeddings": True},
+}
+
+
+def registry_config(alias: str) -> dict | None:
+    """The architecture config (``config.json`` keys) of a registry alias, or None; a copy, safe to change."""
+    import copy
+
+    return copy.deepcopy(_CONFIGS.get(alias))
+
+
 def known_aliases() -> list[str]:
     """Returns the registered aliases, sorted."""
     return sorted(_REGISTRY)

@@ -20,6 +20,11 @@ def create_pipeline(key_a: str, key_b: str) -> Pipeline:
                     parameters={PARAMS, "params:seed"})
 
 
+def pair_template() -> Pipeline:
+    """The pair's nodes with plain dataset names, for pipelines that align other activations (scaling)."""
+    return _pair_template()
+
+
 def _pair_template() -> Pipeline:
     acts = ["activations_a", "activations_b"]
     return Pipeline([
