@@ -3,8 +3,10 @@
 from kedro.config import OmegaConfigLoader
 
 from emotion_circuits.hooks import ModelAvailabilityHooks, StudyHooks
+from emotion_circuits.tracking import TrackingHooks
 
-HOOKS = (StudyHooks(), ModelAvailabilityHooks())
+# TrackingHooks does nothing unless the optional `mlflow` extra (kedro-mlflow) has opened a run
+HOOKS = (StudyHooks(), ModelAvailabilityHooks(), TrackingHooks())
 
 CONFIG_LOADER_CLASS = OmegaConfigLoader
 CONFIG_LOADER_ARGS = {
