@@ -12,7 +12,7 @@ from tests.conftest import run_project as _run
 @pytest.mark.slow
 def test_kedro_run_writes_versioned_prompts_and_activations(project_copy):
     _run(project_copy, ["data_engineering", "activations"], device="cpu",
-         activations={"max_prompts_per_emotion": 2})
+         activations={"max_prompts_per_emotion": 2}, data_engineering={"neutral_corpus": {"max_words": 400}})
     for alias, shape in [("smollm2-135m", (8, 31, 576)), ("gemma3-270m", (8, 19, 640))]:
         versions = list((project_copy / f"data/03_primary/activations/{alias}.pkl").iterdir())
         assert len(versions) == 1
@@ -52,7 +52,10 @@ def test_semantic_phase_run_and_independent_tanh_refit(project_copy):
     import pandas as pd
     from scipy.optimize import curve_fit
 
-    _run(project_copy, ["semantic_phase"], device="cpu", semantic_phase={"words": ["bank"]})
+    # the weight-space part runs inside semantic_phase; a small grid keeps it to seconds (tests/pipelines covers it)
+    small_qk = {"reconstruction": {"n_components": [1, "all"]}, "clustering": {"k": [4]},
+                "corpus": {"n_sequences": 2}, "n_bootstrap": 200}
+    _run(project_copy, ["semantic_phase"], device="cpu", semantic_phase={"words": ["bank"]}, qk_weights=small_qk)
     out = project_copy / "data"
 
     def latest(pattern):

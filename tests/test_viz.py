@@ -125,9 +125,15 @@ def _chromium() -> str | None:
 
 
 def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+    """A free port below 49152: kedro-viz refuses the ephemeral range the OS hands out for port 0."""
+    for port in range(24141, 49151):
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free TCP port between 24141 and 49151")
 
 
 def _browser_or_skip():

@@ -130,6 +130,7 @@ def _schema() -> dict[str, Any]:
     from emotion_circuits.alignment_maps import METHODS
     from emotion_circuits.effect_sizes import ONE_SAMPLE_TESTS, TWO_SAMPLE_TESTS
     from emotion_circuits.evaluators import HF_CLASSIFIERS, OFFLINE_EVALUATORS
+    from emotion_circuits.models.heads import PATCH_MODES
     from emotion_circuits.models.loading import _DTYPES
     from emotion_circuits.models.steering import SCHEDULES
     from emotion_circuits.phase_fits import MODEL_NAMES
@@ -137,7 +138,7 @@ def _schema() -> dict[str, Any]:
     from emotion_circuits.pipelines.semantic_phase.nodes import DIRECTION_KINDS
 
     emotions = list_of(text(), min_length=1, unique=True)
-    return {
+    schema = {
         "seed": integer(0),
         "dtype": choice("auto", *_DTYPES),
         "device": _device,
@@ -195,6 +196,23 @@ def _schema() -> dict[str, Any]:
             "report_metrics": list_of(text()),
             "heatmap_kind": choice(*EMOTION_KINDS, *RANDOM_KINDS),
         },
+        "heads": {
+            "emotions": emotions, "twins": mapping_of(mapping_of(text())),
+            "max_prompts_per_emotion": optional(integer(2)), "batch_size": _POSITIVE,
+            "n_bootstrap": _POSITIVE, "n_permutations": _POSITIVE, "ci_level": _SHARE, "alpha_level": _SHARE,
+            "top_n": _POSITIVE, "readout_layer": integer(),
+            "interventions": {
+                "n_pairs": _POSITIVE, "n_random_sets": integer(2),
+                "ablation_modes": list_of(choice("zero", "mean"), 1, unique=True),
+                "ablation_prompts": list_of(choice("emotion", "neutral"), unique=True),
+                "patch_modes": list_of(choice(*PATCH_MODES), 1, unique=True),
+                "patch_positions": list_of(choice(*_POSITIONS), 1, unique=True),
+                "patch_directions": list_of(choice("emotion_to_neutral", "neutral_to_emotion"), 1, unique=True),
+                "max_new_tokens": _POSITIVE, "batch_size": _POSITIVE,
+            },
+            "report_metrics": list_of(text(), unique=True),
+            "circuits": {"top_k": _POSITIVE, "n_prompts": _POSITIVE, "emotion_words": mapping_of(list_of(text(), 1))},
+        },
         "semantic_phase": {
             "words": list_of(text(), unique=True), "batch_size": _POSITIVE, "lens_rows_per_batch": _POSITIVE,
             "directions": choice(*DIRECTION_KINDS), "sigma_column": choice("sigma", "sigma_diff"),
@@ -226,6 +244,8 @@ def _schema() -> dict[str, Any]:
                                          "comparison": text()}},
         },
     }
+    schema["scaling"] = _scaling_schema(schema["alignment"])
+    return schema
 
 
 def _device(value: Any) -> str | None:
@@ -235,7 +255,8 @@ def _device(value: Any) -> str | None:
 
 
 # Mappings whose keys users choose (new metrics, evaluator families): unknown keys there are fine.
-_FREE_KEYS = {"patching.target_metrics", "patching.metric_tests", "patching.contrast"}
+_FREE_KEYS = {"patching.target_metrics", "patching.metric_tests", "patching.contrast", "heads.twins",
+              "heads.circuits.emotion_words"}
 
 
 # --- the checks ------------------------------------------------------------------------------------------
@@ -300,6 +321,7 @@ def _model_problems(params: Mapping[str, Any]) -> list[str]:
             repeated = sorted({m for m in listed if isinstance(m, str) and list(listed).count(m) > 1})
             if repeated:
                 problems.append(_problem("models", listed, f"names {repeated} more than once"))
+    named += _scaling_models(params.get("scaling"))
     for name, value in named:
         if not isinstance(value, str) or not value.strip():
             problems.append(_problem(name, value, "must name a model (a registry alias, hub id owner/name or path)"))
@@ -323,16 +345,12 @@ def _cross_problems(params: Mapping[str, Any], bad_groups: set[str]) -> list[str
         for key in ("heatmap_method",):
             if key in alignment and alignment[key] not in methods:
                 problems.append(_problem(f"alignment.{key}", alignment[key], f"is not in alignment.methods {methods}"))
-        primary = alignment.get("primary") or {}
-        if "method" in primary and primary["method"] not in methods:
-            problems.append(_problem("alignment.primary.method", primary["method"],
-                                     f"is not in alignment.methods {methods}"))
-        if "k" in primary and "k_max" in alignment and primary["k"] > alignment["k_max"]:
-            problems.append(_problem("alignment.primary.k", primary["k"],
-                                     f"is above alignment.k_max ({alignment['k_max']})"))
+        problems += _primary_problems(alignment, "alignment")
     patching = params.get("patching")
     if isinstance(patching, Mapping) and "patching" not in bad_groups:
         problems += _patching_problems(patching, params.get("subspaces"))
+    if isinstance(params.get("scaling"), Mapping) and "scaling" not in bad_groups:
+        problems += _scaling_problems(params["scaling"])
     statistics = params.get("statistics")
     if isinstance(statistics, Mapping) and "statistics" not in bad_groups:
         problems += _statistics_problems(statistics, alignment if isinstance(alignment, Mapping) else {})
@@ -419,3 +437,50 @@ def _unknown_keys(given: Mapping[str, Any], known: Mapping[str, Any], prefix: st
             problems += _unknown_keys(value, known[key], f"{name}.")
     return problems
 
+
+# --- the scaling group ------------------------------------------------------------------------------------------
+
+
+def _scaling_schema(alignment: Mapping[str, Any]) -> dict[str, Any]:
+    """``scaling``: the ladder, depths, sizes, memory, and the alignment analysis it runs (alignment's rules)."""
+    return {"reference": text(), "models": list_of(text(), 1, unique=True),
+            "depths": list_of(number(0.0, 1.0), 1, unique=True), "max_prompts_per_emotion": optional(integer(10)),
+            "max_words": optional(_POSITIVE), "batch_size": _POSITIVE, "memory_headroom": _SHARE,
+            "max_memory": optional(mapping_of(lambda v: None if _is_int(v) or isinstance(v, str) and v.strip()
+                                              else "is not a size such as 70GiB or a number of bytes")),
+            "alignment": alignment}
+
+
+def _scaling_models(scaling: Any) -> list[tuple[str, Any]]:
+    """``(parameter name, model name)`` of the scaling ladder, for the model-name checks."""
+    if not isinstance(scaling, Mapping):
+        return []
+    listed = scaling.get("models")
+    named = [("scaling.reference", scaling.get("reference"))] if "reference" in scaling else []
+    return named + ([(f"scaling.models[{i}]", m) for i, m in enumerate(listed)] if isinstance(listed, list) else [])
+
+
+def _scaling_problems(scaling: Mapping[str, Any]) -> list[str]:
+    """The alignment it runs must pair depths one to one, and its primary must be one of its methods."""
+    problems = []
+    alignment = scaling.get("alignment")
+    if not isinstance(alignment, Mapping):
+        return problems
+    if alignment.get("layer_stride", 1) != 1 or alignment.get("all_layer_pairs", False):
+        problems.append(_problem("scaling.alignment.layer_stride", alignment.get("layer_stride"),
+                                 "must be 1 with all_layer_pairs false: scaling.depths chooses the layers, "
+                                 "and each depth is paired with the same depth of the other model"))
+    return problems + _primary_problems(alignment, "scaling.alignment")
+
+
+def _primary_problems(alignment: Mapping[str, Any], prefix: str) -> list[str]:
+    """The declared primary method must be among the methods run, and its k within k_max."""
+    problems, methods = [], alignment.get("methods", [])
+    primary = alignment.get("primary") or {}
+    if "method" in primary and primary["method"] not in methods:
+        problems.append(_problem(f"{prefix}.primary.method", primary["method"],
+                                 f"is not in {prefix}.methods {methods}"))
+    if "k" in primary and "k_max" in alignment and primary["k"] > alignment["k_max"]:
+        problems.append(_problem(f"{prefix}.primary.k", primary["k"],
+                                 f"is above {prefix}.k_max ({alignment['k_max']})"))
+    return problems

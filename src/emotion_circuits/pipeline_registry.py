@@ -17,8 +17,10 @@ from emotion_circuits.pipelines import (
     activations,
     alignment,
     data_engineering,
+    heads,
     patching,
     qk_weights,
+    scaling,
     semantic_phase,
     statistics,
     subspaces,
@@ -56,6 +58,8 @@ def create_pipelines(study: Study) -> dict[str, Pipeline]:
         "alignment": alignment.create_pipeline(*pair),  # builds its subspaces on the rows both models share
         # subspaces take seconds, so patching needs only the activations
         "patching": patching.shared_pipeline() + for_each_model(subspaces.template() + patching.template(), models),
+        # which heads attend to the trigger, and what ablating and patching them does (needs the activations)
+        "heads": for_each_model(subspaces.template() + heads.template(), models),
         # the weight-space part (W_QK spectrum, rewrites, perplexity) runs with it and on its own as qk_weights
         "semantic_phase": (semantic_phase.shared_pipeline() + for_each_model(semantic_phase.template(), models)
                            + semantic_phase.create_pipeline(list(models))
@@ -66,6 +70,9 @@ def create_pipelines(study: Study) -> dict[str, Pipeline]:
         "statistics": (for_each_model(statistics.template(), models)
                        + statistics.create_pipeline(list(models), study.pair_key)),
     }
+    if study.scaling_keys:  # its own model list; the alignment math is the alignment pipeline's pair template
+        pipelines["scaling"] = scaling.create_pipeline(study.scaling_keys, study.scaling_keys[0],
+                                                       alignment.pair_template())
     pipelines["__default__"] = sum(pipelines.values(), Pipeline([]))
     return pipelines
 
