@@ -11,6 +11,9 @@ rows × new tokens. Two workloads:
 - sweep: ``--settings`` rows per prompt, as in the patching pipeline, steered over the last 4
   prompt tokens and every generated one; the project shares each prompt's prefix (`share_prompt_prefix`).
 
+On CUDA a third contender is HF ``generate`` with ``cache_implementation="static"`` (a static KV cache
+and a compiled decoding step), the bar issue 15 sets; ``--no-static`` leaves it out.
+
     python benchmarks/patching.py                          # smollm2-135m, best device
     python benchmarks/patching.py --model gemma3-270m --n-prompts 1024 --batch-size 256
 """
@@ -18,6 +21,7 @@ rows × new tokens. Two workloads:
 from __future__ import annotations
 
 import argparse
+import copy
 from pathlib import Path
 
 import numpy as np
@@ -65,14 +69,27 @@ def _compare(model, workload: str, texts: list[str], steering: Steering, shared:
                          min_new_tokens=args.new_tokens, batch_size=args.batch_size, share_prompt_prefix=shared,
                          show_progress=False)
 
-    times = interleaved_times({"plain HF generate (no hooks)": plain_hf,
-                               "emotion_circuits steered_generate": project}, args.repeats, model.device)
+    def static_hf() -> None:
+        static = copy.deepcopy(config)
+        static.cache_implementation = "static"
+        with torch.inference_mode():
+            for i in range(0, len(texts), args.batch_size):
+                enc = model.tokenizer(texts[i:i + args.batch_size], return_tensors="pt", padding=True)
+                model.hf_model.generate(**enc.to(model.device), generation_config=static)
+
+    contenders = {"plain HF generate (no hooks)": plain_hf, "emotion_circuits steered_generate": project}
+    if args.static:
+        contenders["HF generate, static cache (compiled)"] = static_hf
+    times = interleaved_times(contenders, args.repeats, model.device)
     new_tokens = len(texts) * args.new_tokens
     print(f"-- {workload}: {len(texts)} rows")
     for name, seconds in times.items():
         print(f"{name:40s} {new_tokens / seconds:10.0f} new tok/s  (median {seconds:.3f} s)")
     ratio = times["plain HF generate (no hooks)"] / times["emotion_circuits steered_generate"]
     print(f"ratio steered / plain HF generate ({workload}): {ratio:.2f}  (target >= 0.8)")
+    if args.static:
+        static = times["HF generate, static cache (compiled)"] / times["emotion_circuits steered_generate"]
+        print(f"ratio steered / static-cache HF generate ({workload}): {static:.2f}  (issue 15 target >= 1.0)")
 
 
 def _prompts(n: int) -> list[str]:
@@ -89,8 +106,11 @@ def _parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--settings", type=int, default=None, help="rows per prompt in the sweep (default: the batch size)"
     )
+    parser.add_argument("--no-static", dest="static", action="store_false",
+                        help="leave out the static-cache HF baseline (included on CUDA)")
     args = fill_size_defaults(parser.parse_args(), gpu_prompts=1024, cpu_prompts=64)
     args.settings = args.settings or args.batch_size
+    args.static = args.static and torch.cuda.is_available() and args.device in ("auto", "cuda")
     return args
 
 
