@@ -50,6 +50,19 @@ def tiny_model(architecture: str, tokenizer, n_layers: int = 2):
                        n_layers=n_layers, d_model=32, device=torch.device("cpu"), dtype=torch.float32)
 
 
+@pytest.fixture
+def tiny_model_dirs(tmp_path, gpt2_style_tokenizer) -> list[str]:
+    """Two randomly initialised 2-layer Llama models saved as local model directories."""
+    paths = []
+    for i in range(2):
+        torch.manual_seed(i)
+        path = tmp_path / "models" / f"tiny-{i}"
+        tiny_model("llama", gpt2_style_tokenizer).hf_model.save_pretrained(path)
+        gpt2_style_tokenizer.save_pretrained(path)
+        paths.append(str(path))
+    return paths
+
+
 _LOADED: dict = {}
 
 

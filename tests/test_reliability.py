@@ -149,18 +149,6 @@ class _Bomb:
         return (Path.write_text, (self.marker, "unpickled"))
 
 
-@pytest.fixture
-def tiny_model_dirs(tmp_path, gpt2_style_tokenizer):
-    paths = []
-    for i in range(2):
-        torch.manual_seed(i)
-        path = tmp_path / "models" / f"tiny-{i}"
-        tiny_model("llama", gpt2_style_tokenizer).hf_model.save_pretrained(path)
-        gpt2_style_tokenizer.save_pretrained(path)
-        paths.append(str(path))
-    return paths
-
-
 def _data_files(project: Path) -> list[Path]:
     return [p for p in (project / "data").rglob("*") if p.is_file() and "01_raw" not in p.parts]
 

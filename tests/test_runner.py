@@ -6,10 +6,8 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-import torch
 
 from emotion_circuits.study import model_key
-from tests.conftest import tiny_model
 
 pytest.importorskip("distributed", reason='dask.distributed is not installed (pip install -e ".[test]")')
 
@@ -18,19 +16,6 @@ FAST = {"activations": {"max_prompts_per_emotion": 12}, "subspaces": {"k_max": 2
 PIPELINES = ["data_engineering", "activations", "subspaces"]
 # up to these outputs: the neutral-token extraction (for alignment, ~8 s a model here) is left out
 OUTPUTS = ["within_model_similarity", "emotion_vector_norm_figure"]
-
-
-@pytest.fixture
-def tiny_model_dirs(tmp_path, gpt2_style_tokenizer) -> list[str]:
-    """Two randomly initialised 2-layer models saved as local model directories."""
-    paths = []
-    for i in range(2):
-        torch.manual_seed(i)
-        path = tmp_path / "models" / f"tiny-{i}"
-        tiny_model("llama", gpt2_style_tokenizer).hf_model.save_pretrained(path)
-        gpt2_style_tokenizer.save_pretrained(path)
-        paths.append(str(path))
-    return paths
 
 
 def _run(project: Path, runner, models: list[str], **params) -> None:

@@ -140,7 +140,11 @@ def _column(table: pd.DataFrame, column: str | None) -> np.ndarray:
     """A metric per row; ``None`` = the row's own emotion's contrastive score."""
     if column is not None:
         return table[column].to_numpy(dtype=float)
-    return np.array([row[f"contrast_{row['emotion']}"] for _, row in table.iterrows()], dtype=float)
+    values = np.full(len(table), np.nan)
+    for emotion in table.emotion.unique():
+        rows = (table.emotion == emotion).to_numpy()
+        values[rows] = table.loc[rows, f"contrast_{emotion}"].to_numpy(dtype=float)
+    return values
 
 
 class _Prompts:
